@@ -1,0 +1,71 @@
+//! The two small interfaces every broker adapter implements: [`Publisher`] and
+//! [`Subscriber`] (with its [`Subscription`]).
+//!
+//! Semantics every adapter must honour (the conformance suite in `eddy-testkit` checks them):
+//!
+//! - `publish` returns `Ok` only once every event is durably accepted by the broker;
+//! - delivery is at least once: a message whose offset was not committed is delivered
+//!   again to the next member of the group that owns its partition;
+//! - events with the same key land in the same partition and arrive in publish order;
+//! - every consumer group receives every message; members of one group share them.
+
+use async_trait::async_trait;
+
+use crate::{Envelope, Error};
+
+/// Sends events to a topic.
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes `events` in order. `Ok` means all of them are durably accepted; on
+    /// `Err` any prefix of them may have been accepted (callers retry the whole batch,
+    /// and consumers deduplicate by event id).
+    async fn publish(&self, topic: &str, events: &[Envelope]) -> Result<(), Error>;
+}
+
+/// Opens subscriptions to a topic as a member of a consumer group.
+#[async_trait]
+pub trait Subscriber: Send + Sync + 'static {
+    async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, Error>;
+}
+
+/// One member's view of a topic: fetch messages, commit what has been processed.
+#[async_trait]
+pub trait Subscription: Send + Sync + 'static {
+    /// Waits until at least one message is available and returns at most `max_len`.
+    /// Dropping the returned future before it completes loses no message.
+    async fn fetch(&self, max_len: usize) -> Result<Vec<Delivery>, Error>;
+
+    /// Records that every message of each `(partition, next_offset)` pair with an offset
+    /// below `next_offset` is processed, so it is not delivered to the group again.
+    async fn commit(&self, offsets: &[(u32, u64)]) -> Result<(), Error>;
+
+    /// Leaves the group, handing the partitions to other members. Uncommitted messages
+    /// will be delivered again.
+    async fn close(&self) -> Result<(), Error>;
+}
+
+/// A message as it arrives from a broker, with its position.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub message: Message,
+}
+
+/// What a delivery carries: an envelope, or bytes that could not be read as one.
+#[derive(Debug, Clone)]
+pub enum Message {
+    Event(Envelope),
+    /// A poison message: the runtime dead-letters it without calling a handler.
+    Undecodable(Undecodable),
+}
+
+/// A message whose metadata could not be read as an [`Envelope`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecodable {
+    pub key: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+    pub error: String,
+}
