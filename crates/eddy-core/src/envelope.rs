@@ -96,8 +96,9 @@ impl Headers {
 
     /// The deadline header, if present and well formed.
     pub fn deadline(&self) -> Option<OffsetDateTime> {
-        self.get(Self::DEADLINE)
-            .and_then(|s| OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
+        self.get(Self::DEADLINE).and_then(|s| {
+            OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+        })
     }
 
     pub fn to_json(&self) -> String {
@@ -106,9 +107,9 @@ impl Headers {
     }
 
     pub fn from_json(text: &str) -> Result<Self, Error> {
-        serde_json::from_str(text)
-            .map(Self)
-            .map_err(|e| Error::permanent("headers are not a JSON object of strings").with_source(e))
+        serde_json::from_str(text).map(Self).map_err(|e| {
+            Error::permanent("headers are not a JSON object of strings").with_source(e)
+        })
     }
 }
 

@@ -30,9 +30,18 @@ pub fn to_headers(envelope: &Envelope) -> Vec<(String, String)> {
     let mut out = Vec::with_capacity(7 + envelope.headers.len());
     out.push((ID.to_owned(), envelope.id.to_string()));
     out.push((TYPE.to_owned(), envelope.event_type.clone()));
-    out.push((SCHEMA_VERSION.to_owned(), envelope.schema_version.to_string()));
-    out.push((OCCURRED_AT.to_owned(), to_micros(envelope.occurred_at).to_string()));
-    out.push((CORRELATION_ID.to_owned(), envelope.correlation_id.to_string()));
+    out.push((
+        SCHEMA_VERSION.to_owned(),
+        envelope.schema_version.to_string(),
+    ));
+    out.push((
+        OCCURRED_AT.to_owned(),
+        to_micros(envelope.occurred_at).to_string(),
+    ));
+    out.push((
+        CORRELATION_ID.to_owned(),
+        envelope.correlation_id.to_string(),
+    ));
     if let Some(causation) = envelope.causation_id {
         out.push((CAUSATION_ID.to_owned(), causation.to_string()));
     }
@@ -90,14 +99,15 @@ fn parse_number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, Erro
 where
     T::Err: std::error::Error + Send + Sync + 'static,
 {
-    value
-        .parse()
-        .map_err(|e| Error::permanent(format!("header {name} is not a number: {value:?}")).with_source(e))
+    value.parse().map_err(|e| {
+        Error::permanent(format!("header {name} is not a number: {value:?}")).with_source(e)
+    })
 }
 
 fn parse_uuid(name: &str, value: &str) -> Result<Uuid, Error> {
-    Uuid::parse_str(value)
-        .map_err(|e| Error::permanent(format!("header {name} is not a UUID: {value:?}")).with_source(e))
+    Uuid::parse_str(value).map_err(|e| {
+        Error::permanent(format!("header {name} is not a UUID: {value:?}")).with_source(e)
+    })
 }
 
 #[cfg(test)]
@@ -168,7 +178,13 @@ mod tests {
         let effect = Envelope::new("B", 1, "k", vec![], at).caused_by(&cause);
         assert_eq!(effect.correlation_id, cause.correlation_id);
         assert_eq!(effect.causation_id, Some(cause.id.as_uuid()));
-        assert_eq!(effect.headers.get(Headers::TRACEPARENT), Some("00-abc-def-01"));
-        assert_eq!(effect.headers.deadline(), Some(at + time::Duration::seconds(5)));
+        assert_eq!(
+            effect.headers.get(Headers::TRACEPARENT),
+            Some("00-abc-def-01")
+        );
+        assert_eq!(
+            effect.headers.deadline(),
+            Some(at + time::Duration::seconds(5))
+        );
     }
 }

@@ -1,0 +1,381 @@
+//! [`Log`]: topics, appends and retention of the embedded log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use eddy_core::envelope::to_micros;
+use eddy_core::{Clock, Envelope, Error, Publisher, Subscriber, Subscription, SystemClock};
+use eddy_sql::{classify, envelope_row, Db, Tx};
+
+use crate::schema::MIGRATIONS;
+use crate::subscription::LogSubscription;
+
+/// The signal channel appends bump at commit; subscriptions wait on it.
+pub(crate) const SIGNAL: &str = "eddy_log";
+
+/// Settings of the embedded log. Every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Partitions of a topic created implicitly by its first append or subscription.
+    /// Default 8: the upper bound of group members that get work; per-key order holds
+    /// whatever the count.
+    pub default_partitions: u32,
+    /// Create unknown topics on first use instead of failing. Default true.
+    pub auto_create_topics: bool,
+    /// How long a subscription sleeps between checks when no commit signal arrives
+    /// (other processes on SQLite, a lost notification). Default 1 s.
+    pub fallback_poll_interval: Duration,
+    /// How often a member renews its membership and partition leases. Default 1 s.
+    pub heartbeat_interval: Duration,
+    /// A member silent for this long is presumed dead and its partitions are taken
+    /// over, starting from their committed offsets. Default 10 s.
+    pub session_timeout: Duration,
+    /// Records older than this are deleted by [`Log::purge_expired`]. Default 7 days.
+    pub retention: Duration,
+    /// Rows per `INSERT` statement (bounded by SQLite's parameter limit). Default 500.
+    pub insert_chunk_len: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            default_partitions: 8,
+            auto_create_topics: true,
+            fallback_poll_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(1),
+            session_timeout: Duration::from_secs(10),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            insert_chunk_len: 500,
+        }
+    }
+}
+
+/// The embedded durable log. Cheap to clone.
+#[derive(Clone)]
+pub struct Log {
+    pub(crate) inner: Arc<LogInner>,
+}
+
+pub(crate) struct LogInner {
+    pub(crate) db: Db,
+    pub(crate) config: LogConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    partitions: Mutex<HashMap<String, u32>>,
+}
+
+impl fmt::Debug for Log {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Log")
+            .field("db", &self.inner.db)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The partition of `key` among `partitions`: FNV-1a, stable across processes and
+/// versions (it decides where history lives, so it must never change).
+pub fn partition_for_key(key: &str, partitions: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    // The remainder is below `partitions`, so it fits.
+    u32::try_from(hash % u64::from(partitions.max(1))).unwrap_or(0)
+}
+
+impl Log {
+    /// Opens the log on `db`, creating its tables if needed.
+    pub async fn open(db: Db, config: LogConfig) -> Result<Self, Error> {
+        Self::open_with_clock(db, config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn open_with_clock(
+        db: Db,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, Error> {
+        if config.default_partitions == 0 || config.insert_chunk_len == 0 {
+            return Err(Error::permanent(
+                "default_partitions and insert_chunk_len must be at least 1",
+            ));
+        }
+        db.migrate(MIGRATIONS).await?;
+        Ok(Self {
+            inner: Arc::new(LogInner {
+                db,
+                config,
+                clock,
+                partitions: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
+    }
+
+    /// Creates `topic` with `partitions` partitions; returns the partition count it has
+    /// (an existing topic keeps its own count).
+    pub async fn create_topic(&self, topic: &str, partitions: u32) -> Result<u32, Error> {
+        if topic.is_empty() || topic.len() > 249 {
+            return Err(Error::permanent(format!(
+                "topic names are 1 to 249 characters, got {topic:?}"
+            )));
+        }
+        if partitions == 0 {
+            return Err(Error::permanent("a topic needs at least one partition"));
+        }
+        let mut tx = self.inner.db.begin().await?;
+        let now = to_micros(self.inner.clock.now());
+        let created = sqlx::query(
+            "INSERT INTO eddy_log_topics (topic, partitions, created_at_us) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(topic)
+        .bind(i64::from(partitions))
+        .bind(now)
+        .execute(tx.conn())
+        .await
+        .map_err(|e| classify("cannot create topic", e))?
+        .rows_affected()
+            == 1;
+        if created {
+            for partition in 0..partitions {
+                sqlx::query(
+                    "INSERT INTO eddy_log_partitions (topic, partition, next_offset) VALUES ($1, $2, 0)",
+                )
+                .bind(topic)
+                .bind(i64::from(partition))
+                .execute(tx.conn())
+                .await
+                .map_err(|e| classify("cannot create partitions", e))?;
+            }
+        }
+        let count: i64 =
+            sqlx::query_scalar("SELECT partitions FROM eddy_log_topics WHERE topic = $1")
+                .bind(topic)
+                .fetch_one(tx.conn())
+                .await
+                .map_err(|e| classify("cannot read topic", e))?;
+        tx.commit().await?;
+        let count = u32::try_from(count)
+            .map_err(|e| Error::permanent("bad partition count").with_source(e))?;
+        self.cache_partitions(topic, count);
+        Ok(count)
+    }
+
+    /// The partition count of `topic`, creating the topic if allowed.
+    pub async fn partitions(&self, topic: &str) -> Result<u32, Error> {
+        if let Some(count) = self.cached_partitions(topic) {
+            return Ok(count);
+        }
+        let count: Option<i64> =
+            sqlx::query_scalar("SELECT partitions FROM eddy_log_topics WHERE topic = $1")
+                .bind(topic)
+                .fetch_optional(self.inner.db.pool())
+                .await
+                .map_err(|e| classify("cannot read topic", e))?;
+        match count {
+            Some(count) => {
+                let count = u32::try_from(count)
+                    .map_err(|e| Error::permanent("bad partition count").with_source(e))?;
+                self.cache_partitions(topic, count);
+                Ok(count)
+            }
+            None if self.inner.config.auto_create_topics => {
+                self.create_topic(topic, self.inner.config.default_partitions)
+                    .await
+            }
+            None => Err(Error::permanent(format!("topic {topic:?} does not exist"))),
+        }
+    }
+
+    fn cached_partitions(&self, topic: &str) -> Option<u32> {
+        self.inner
+            .partitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(topic)
+            .copied()
+    }
+
+    fn cache_partitions(&self, topic: &str, count: u32) {
+        self.inner
+            .partitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(topic.to_owned(), count);
+    }
+
+    /// Appends `events` to `topic` inside `tx`: they become visible, and subscribers
+    /// are woken, when `tx` commits. Returns each event's `(partition, offset)`.
+    ///
+    /// Each touched partition's row stays locked until `tx` ends, so keep the
+    /// transaction short; partitions are locked in ascending order to avoid deadlocks
+    /// between appends.
+    pub async fn append(
+        &self,
+        tx: &mut Tx,
+        topic: &str,
+        events: &[Envelope],
+    ) -> Result<Vec<(u32, u64)>, Error> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let partitions = self.partitions(topic).await?;
+        let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (index, event) in events.iter().enumerate() {
+            by_partition
+                .entry(partition_for_key(&event.key, partitions))
+                .or_default()
+                .push(index);
+        }
+        let now = to_micros(self.inner.clock.now());
+        let mut positions = vec![(0u32, 0u64); events.len()];
+        for (partition, indexes) in by_partition {
+            let len = i64::try_from(indexes.len())
+                .map_err(|e| Error::permanent("batch too large").with_source(e))?;
+            let end: i64 = sqlx::query_scalar(
+                "UPDATE eddy_log_partitions SET next_offset = next_offset + $1 WHERE topic = $2 AND partition = $3 RETURNING next_offset",
+            )
+            .bind(len)
+            .bind(topic)
+            .bind(i64::from(partition))
+            .fetch_one(tx.conn())
+            .await
+            .map_err(|e| classify("cannot reserve offsets", e))?;
+            let first = end - len;
+            for (chunk_index, chunk) in indexes
+                .chunks(self.inner.config.insert_chunk_len)
+                .enumerate()
+            {
+                let chunk_first = first + (chunk_index * self.inner.config.insert_chunk_len) as i64;
+                let mut sql = format!(
+                    "INSERT INTO eddy_log_records (topic, partition, record_offset, appended_at_us, {}) VALUES ",
+                    envelope_row::COLUMNS
+                );
+                let mut next = 1;
+                for i in 0..chunk.len() {
+                    if i > 0 {
+                        sql.push_str(", ");
+                    }
+                    next = envelope_row::push_placeholders(&mut sql, next, 4);
+                }
+                let mut query = sqlx::query(&sql);
+                for (i, &index) in chunk.iter().enumerate() {
+                    let offset = chunk_first + i as i64;
+                    query = query
+                        .bind(topic)
+                        .bind(i64::from(partition))
+                        .bind(offset)
+                        .bind(now);
+                    query = envelope_row::bind_envelope(query, &events[index]);
+                    positions[index] = (partition, u64::try_from(offset).unwrap_or(0));
+                }
+                query
+                    .execute(tx.conn())
+                    .await
+                    .map_err(|e| classify("cannot append records", e))?;
+            }
+        }
+        tx.signal_on_commit(SIGNAL).await?;
+        Ok(positions)
+    }
+
+    /// Deletes records older than the retention, at most `batch_len_max` of them;
+    /// returns how many went. Call it periodically (the platform does).
+    pub async fn purge_expired(&self, batch_len_max: i64) -> Result<u64, Error> {
+        let retention =
+            time::Duration::try_from(self.inner.config.retention).unwrap_or(time::Duration::MAX);
+        let cutoff = to_micros(self.inner.clock.now() - retention);
+        let result = sqlx::query(
+            "DELETE FROM eddy_log_records WHERE (topic, partition, record_offset) IN (SELECT topic, partition, record_offset FROM eddy_log_records WHERE appended_at_us < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(batch_len_max)
+        .execute(self.inner.db.pool())
+        .await
+        .map_err(|e| classify("cannot purge expired records", e))?;
+        Ok(result.rows_affected())
+    }
+
+    /// The end offset (next offset to be written) of every partition of `topic`.
+    pub async fn end_offsets(&self, topic: &str) -> Result<BTreeMap<u32, u64>, Error> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT partition, next_offset FROM eddy_log_partitions WHERE topic = $1",
+        )
+        .bind(topic)
+        .fetch_all(self.inner.db.pool())
+        .await
+        .map_err(|e| classify("cannot read end offsets", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(p, o)| (p as u32, o.max(0) as u64))
+            .collect())
+    }
+
+    /// The committed offsets of `group` on `topic`.
+    pub async fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<u32, u64>, Error> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT partition, next_offset FROM eddy_log_offsets WHERE consumer_group = $1 AND topic = $2",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_all(self.inner.db.pool())
+        .await
+        .map_err(|e| classify("cannot read committed offsets", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(p, o)| (p as u32, o.max(0) as u64))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Publisher for Log {
+    async fn publish(&self, topic: &str, events: &[Envelope]) -> Result<(), Error> {
+        let mut tx = self.inner.db.begin().await?;
+        self.append(&mut tx, topic, events).await?;
+        tx.commit().await
+    }
+}
+
+#[async_trait]
+impl Subscriber for Log {
+    async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, Error> {
+        let partitions = self.partitions(topic).await?;
+        Ok(Box::new(LogSubscription::new(
+            self.clone(),
+            topic,
+            group,
+            partitions,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_for_key;
+
+    #[test]
+    fn the_partition_of_a_key_never_changes() {
+        // Pinned values: changing the hash would move history between partitions.
+        assert_eq!(partition_for_key("", 8), partition_for_key("", 8));
+        assert_eq!(partition_for_key("order-1", 1), 0);
+        let spread: std::collections::BTreeSet<u32> = (0..100)
+            .map(|i| partition_for_key(&format!("key-{i}"), 8))
+            .collect();
+        assert_eq!(spread.len(), 8, "100 keys reach every one of 8 partitions");
+    }
+}

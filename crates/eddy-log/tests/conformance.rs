@@ -1,0 +1,66 @@
+//! The embedded log passes the broker conformance suite on SQLite and PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_core::{Publisher, Subscriber};
+use eddy_log::{Log, LogConfig};
+use eddy_testkit::conformance::{Capabilities, Fixture};
+use eddy_testkit::TestDb;
+
+struct LogFixture {
+    log: Log,
+    _db: TestDb,
+}
+
+fn config() -> LogConfig {
+    LogConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        session_timeout: Duration::from_millis(1500),
+        fallback_poll_interval: Duration::from_millis(200),
+        ..LogConfig::default()
+    }
+}
+
+async fn fixture(db: TestDb) -> LogFixture {
+    let log = Log::open(db.db().clone(), config())
+        .await
+        .unwrap_or_else(|e| panic!("open log: {e}"));
+    LogFixture { log, _db: db }
+}
+
+#[eddy_core::async_trait]
+impl Fixture for LogFixture {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            ordering: true,
+            persistence: true,
+            consumer_groups: true,
+            redelivery: true,
+        }
+    }
+
+    fn publisher(&self) -> Arc<dyn Publisher> {
+        Arc::new(self.log.clone())
+    }
+
+    fn subscriber(&self) -> Arc<dyn Subscriber> {
+        Arc::new(self.log.clone())
+    }
+
+    async fn topic(&self, partitions: u32) -> String {
+        let name = format!("topic-{}", uuid::Uuid::now_v7().simple());
+        self.log
+            .create_topic(&name, partitions)
+            .await
+            .unwrap_or_else(|e| panic!("create topic: {e}"));
+        name
+    }
+
+    fn session_timeout(&self) -> Duration {
+        config().session_timeout
+    }
+}
+
+eddy_testkit::conformance_tests!(sqlite, fixture(TestDb::sqlite().await));
+eddy_testkit::conformance_tests!(postgres, fixture(TestDb::postgres().await));
