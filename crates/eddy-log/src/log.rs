@@ -134,6 +134,19 @@ impl Log {
             return Err(Error::permanent("a topic needs at least one partition"));
         }
         let mut tx = self.inner.db.begin().await?;
+        let count = self.create_topic_in(&mut tx, topic, partitions).await?;
+        tx.commit().await?;
+        self.cache_partitions(topic, count);
+        Ok(count)
+    }
+
+    /// [`Log::create_topic`] inside a caller's transaction (not cached until it commits).
+    async fn create_topic_in(
+        &self,
+        tx: &mut Tx,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<u32, Error> {
         let now = to_micros(self.inner.clock.now());
         let created = sqlx::query(
             "INSERT INTO eddy_log_topics (topic, partitions, created_at_us) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -164,11 +177,35 @@ impl Log {
                 .fetch_one(tx.conn())
                 .await
                 .map_err(|e| classify("cannot read topic", e))?;
-        tx.commit().await?;
-        let count = u32::try_from(count)
-            .map_err(|e| Error::permanent("bad partition count").with_source(e))?;
-        self.cache_partitions(topic, count);
-        Ok(count)
+        u32::try_from(count).map_err(|e| Error::permanent("bad partition count").with_source(e))
+    }
+
+    /// The partition count of `topic` as seen by `tx`, creating the topic in `tx` if
+    /// allowed. Inside the transaction, because SQLite has one writer: a second
+    /// transaction opened here would wait for this one forever.
+    async fn partitions_in(&self, tx: &mut Tx, topic: &str) -> Result<u32, Error> {
+        if let Some(count) = self.cached_partitions(topic) {
+            return Ok(count);
+        }
+        let count: Option<i64> =
+            sqlx::query_scalar("SELECT partitions FROM eddy_log_topics WHERE topic = $1")
+                .bind(topic)
+                .fetch_optional(tx.conn())
+                .await
+                .map_err(|e| classify("cannot read topic", e))?;
+        match count {
+            Some(count) => {
+                let count = u32::try_from(count)
+                    .map_err(|e| Error::permanent("bad partition count").with_source(e))?;
+                self.cache_partitions(topic, count);
+                Ok(count)
+            }
+            None if self.inner.config.auto_create_topics => {
+                self.create_topic_in(tx, topic, self.inner.config.default_partitions)
+                    .await
+            }
+            None => Err(Error::permanent(format!("topic {topic:?} does not exist"))),
+        }
     }
 
     /// The partition count of `topic`, creating the topic if allowed.
@@ -206,6 +243,14 @@ impl Log {
             .copied()
     }
 
+    fn forget_partitions(&self, topic: &str) {
+        self.inner
+            .partitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(topic);
+    }
+
     fn cache_partitions(&self, topic: &str, count: u32) {
         self.inner
             .partitions
@@ -229,7 +274,7 @@ impl Log {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let partitions = self.partitions(topic).await?;
+        let partitions = self.partitions_in(tx, topic).await?;
         let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (index, event) in events.iter().enumerate() {
             by_partition
@@ -248,9 +293,14 @@ impl Log {
             .bind(len)
             .bind(topic)
             .bind(i64::from(partition))
-            .fetch_one(tx.conn())
+            .fetch_optional(tx.conn())
             .await
-            .map_err(|e| classify("cannot reserve offsets", e))?;
+            .map_err(|e| classify("cannot reserve offsets", e))?
+            .ok_or_else(|| {
+                // Cached from a creation that rolled back: forget it and try again.
+                self.forget_partitions(topic);
+                Error::transient(format!("partition {partition} of {topic:?} does not exist"))
+            })?;
             let first = end - len;
             for (chunk_index, chunk) in indexes
                 .chunks(self.inner.config.insert_chunk_len)

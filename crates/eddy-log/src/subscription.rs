@@ -317,6 +317,8 @@ impl Member {
         let first = state.next_first % with_data.len();
         state.next_first = state.next_first.wrapping_add(1);
         let mut out = Vec::new();
+        // Positions move only after the last await, so a cancelled fetch loses nothing.
+        let mut advanced = Vec::new();
         for i in 0..with_data.len() {
             let remaining = max_len.saturating_sub(out.len());
             if remaining == 0 {
@@ -348,15 +350,18 @@ impl Member {
                         error: error.to_string(),
                     }),
                 };
-                if let Some(owned) = state.owned.get_mut(&partition) {
-                    owned.fetch_next = offset + 1;
-                }
+                advanced.push((partition, offset + 1));
                 out.push(Delivery {
                     topic: self.topic.clone(),
                     partition,
                     offset,
                     message,
                 });
+            }
+        }
+        for (partition, next) in advanced {
+            if let Some(owned) = state.owned.get_mut(&partition) {
+                owned.fetch_next = owned.fetch_next.max(next);
             }
         }
         Ok(out)

@@ -1,5 +1,7 @@
 //! The embedded log passes the broker conformance suite on SQLite and PostgreSQL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,0 +1,79 @@
+//! Dead letters: the original message, plus why and where it failed, in headers.
+//!
+//! A dead letter keeps the original event id, type, key and payload, so a replay after
+//! the fix is the same event (idempotent handlers recognise it if it had an effect).
+
+use eddy_core::{Delivery, Envelope, Message, OffsetDateTime};
+
+pub const ERROR: &str = "eddy-dlq-error";
+pub const ERROR_KIND: &str = "eddy-dlq-error-kind";
+pub const ATTEMPTS: &str = "eddy-dlq-attempts";
+pub const ORIGIN_TOPIC: &str = "eddy-dlq-origin-topic";
+pub const ORIGIN_PARTITION: &str = "eddy-dlq-origin-partition";
+pub const ORIGIN_OFFSET: &str = "eddy-dlq-origin-offset";
+pub const CONSUMER_GROUP: &str = "eddy-dlq-consumer-group";
+pub const FIRST_FAILURE_AT: &str = "eddy-dlq-first-failure-at";
+pub const LAST_FAILURE_AT: &str = "eddy-dlq-last-failure-at";
+/// Event type given to messages that could not be read as an envelope at all.
+pub const UNDECODABLE_TYPE: &str = "eddy.Undecodable";
+
+/// Longest error text kept; errors can carry whole payloads.
+pub const ERROR_LEN_MAX: usize = 4096;
+
+/// What went wrong with one message.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub error: String,
+    pub kind: String,
+    pub attempts: u32,
+    pub first_at: OffsetDateTime,
+    pub last_at: OffsetDateTime,
+}
+
+/// The dead letter for `delivery`.
+pub fn dead_letter(delivery: &Delivery, group: &str, failure: &Failure) -> Envelope {
+    let mut envelope = match &delivery.message {
+        Message::Event(envelope) => envelope.clone(),
+        Message::Undecodable(raw) => {
+            let mut envelope = Envelope::new(
+                UNDECODABLE_TYPE,
+                1,
+                raw.key.clone().unwrap_or_default(),
+                raw.payload.clone(),
+                failure.first_at,
+            );
+            for (name, value) in &raw.headers {
+                envelope
+                    .headers
+                    .insert(format!("eddy-dlq-raw-{name}"), value.clone());
+            }
+            envelope
+        }
+    };
+    let mut error = failure.error.clone();
+    if error.len() > ERROR_LEN_MAX {
+        let mut cut = ERROR_LEN_MAX;
+        while !error.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        error.truncate(cut);
+    }
+    let format = &time::format_description::well_known::Rfc3339;
+    let headers = &mut envelope.headers;
+    headers.insert(ERROR, error);
+    headers.insert(ERROR_KIND, failure.kind.clone());
+    headers.insert(ATTEMPTS, failure.attempts.to_string());
+    headers.insert(ORIGIN_TOPIC, delivery.topic.clone());
+    headers.insert(ORIGIN_PARTITION, delivery.partition.to_string());
+    headers.insert(ORIGIN_OFFSET, delivery.offset.to_string());
+    headers.insert(CONSUMER_GROUP, group);
+    headers.insert(
+        FIRST_FAILURE_AT,
+        failure.first_at.format(format).unwrap_or_default(),
+    );
+    headers.insert(
+        LAST_FAILURE_AT,
+        failure.last_at.format(format).unwrap_or_default(),
+    );
+    envelope
+}
