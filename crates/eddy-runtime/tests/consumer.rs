@@ -340,8 +340,12 @@ async fn the_same_event_delivered_twice_has_one_effect(db: TestDb) {
     let log = open_log(&db).await;
     effects_table(db.db()).await;
     let event = Numbered::envelope("k", 1);
-    log.publish("orders", std::slice::from_ref(&event)).await.unwrap();
-    log.publish("orders", std::slice::from_ref(&event)).await.unwrap();
+    log.publish("orders", std::slice::from_ref(&event))
+        .await
+        .unwrap();
+    log.publish("orders", std::slice::from_ref(&event))
+        .await
+        .unwrap();
 
     let effects = Effects {
         calls: Arc::new(AtomicU32::new(0)),

@@ -1,0 +1,316 @@
+//! [`Relay`]: publishes outbox rows in order, at least once, woken by commits.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_core::envelope::to_micros;
+use eddy_core::{Envelope, Error, Publisher};
+use eddy_sql::{classify, envelope_row, Backend, Tx};
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use crate::outbox::{Outbox, SIGNAL};
+
+/// Settings of a [`Relay`]. Every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows read and published per batch. Default 500.
+    pub batch_len_max: usize,
+    /// How long the relay sleeps when no commit signal arrives (a lost notification,
+    /// a writer in another process on SQLite). Default 5 s: a safety net, not the
+    /// mechanism — commits wake the relay at once.
+    pub fallback_poll_interval: Duration,
+    /// Published rows are kept this long (for inspection and replay), then deleted.
+    /// Default 1 hour. Zero deletes rows as soon as they are published.
+    pub retention: Duration,
+    /// How often expired rows are deleted. Default 60 s.
+    pub cleanup_interval: Duration,
+    /// Rows deleted per cleanup statement. Default 5,000.
+    pub cleanup_batch_len_max: usize,
+    /// First pause after a failed batch; doubles up to `retry_backoff_max`. Default 100 ms.
+    pub retry_backoff_initial: Duration,
+    /// Default 5 s.
+    pub retry_backoff_max: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_len_max: 500,
+            fallback_poll_interval: Duration::from_secs(5),
+            retention: Duration::from_secs(3600),
+            cleanup_interval: Duration::from_secs(60),
+            cleanup_batch_len_max: 5_000,
+            retry_backoff_initial: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Counters of one relay.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    pub published: AtomicU64,
+    pub batches: AtomicU64,
+    pub failed_batches: AtomicU64,
+    pub cleaned: AtomicU64,
+}
+
+impl RelayStats {
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+    pub fn failed_batches(&self) -> u64 {
+        self.failed_batches.load(Ordering::Relaxed)
+    }
+}
+
+/// Moves outbox rows to a publisher.
+pub struct Relay {
+    outbox: Outbox,
+    publisher: Arc<dyn Publisher>,
+    config: RelayConfig,
+    stats: Arc<RelayStats>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("outbox", &self.outbox)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Identifies the relay's advisory lock on PostgreSQL.
+const PG_RELAY_LOCK: i64 = 0x0edd_0b0c;
+
+struct OutboxRow {
+    id: i64,
+    topic: String,
+    envelope: Envelope,
+}
+
+impl Relay {
+    pub fn new(outbox: Outbox, publisher: Arc<dyn Publisher>, config: RelayConfig) -> Self {
+        Self {
+            outbox,
+            publisher,
+            config,
+            stats: Arc::new(RelayStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<RelayStats> {
+        self.stats.clone()
+    }
+
+    /// Relays until `shutdown`; the batch in progress finishes first.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        if self.config.batch_len_max == 0 || self.config.cleanup_batch_len_max == 0 {
+            return Err(Error::permanent(
+                "relay batch_len_max and cleanup_batch_len_max must be at least 1",
+            ));
+        }
+        // Subscribe before the first read, so no commit slips between read and wait.
+        let mut signal = self.outbox.db().subscribe_signal(SIGNAL);
+        let mut failures = 0u32;
+        let mut next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
+        while !shutdown.is_cancelled() {
+            match self.relay_batch().await {
+                Ok(published) => {
+                    failures = 0;
+                    if published == self.config.batch_len_max {
+                        continue; // a backlog: keep going without waiting
+                    }
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                    let pause = self
+                        .config
+                        .retry_backoff_initial
+                        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+                        .min(self.config.retry_backoff_max);
+                    tracing::warn!(%error, ?pause, "outbox batch failed; it will be published again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= next_cleanup {
+                match self.clean_up().await {
+                    Ok(n) => {
+                        self.stats.cleaned.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(error) => tracing::warn!(%error, "outbox cleanup failed"),
+                }
+                next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = signal.changed() => {}
+                _ = tokio::time::sleep(self.config.fallback_poll_interval) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the oldest unpublished rows (at most `batch_len_max`) and marks them.
+    /// Returns how many were published.
+    pub async fn relay_batch(&self) -> Result<usize, Error> {
+        let db = self.outbox.db();
+        match db.backend() {
+            Backend::Postgres => {
+                // The transaction holds the relay lock while the batch is published,
+                // so a second relay cannot publish the same rows out of order.
+                let mut tx = db.begin().await?;
+                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                    .bind(PG_RELAY_LOCK)
+                    .fetch_one(tx.conn())
+                    .await
+                    .map_err(|e| classify("cannot take the relay lock", e))?;
+                if !locked {
+                    tx.rollback().await?;
+                    return Ok(0);
+                }
+                let rows = self.read_batch(&mut tx).await?;
+                self.publish(&rows).await?;
+                self.mark(&mut tx, &rows).await?;
+                tx.commit().await?;
+                self.count(rows.len());
+                Ok(rows.len())
+            }
+            Backend::Sqlite => {
+                // SQLite has one writer: holding a transaction across the publish would
+                // stall every writer. One process owns a SQLite file, and runs one relay.
+                let rows = {
+                    let mut tx = db.begin().await?;
+                    let rows = self.read_batch(&mut tx).await?;
+                    tx.rollback().await?;
+                    rows
+                };
+                if rows.is_empty() {
+                    return Ok(0);
+                }
+                self.publish(&rows).await?;
+                let mut tx = db.begin().await?;
+                self.mark(&mut tx, &rows).await?;
+                tx.commit().await?;
+                self.count(rows.len());
+                Ok(rows.len())
+            }
+        }
+    }
+
+    fn count(&self, published: usize) {
+        if published > 0 {
+            self.stats
+                .published
+                .fetch_add(published as u64, Ordering::Relaxed);
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn read_batch(&self, tx: &mut Tx) -> Result<Vec<OutboxRow>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT id, topic, {} FROM eddy_outbox WHERE published_at_us IS NULL ORDER BY id LIMIT $1",
+            envelope_row::COLUMNS
+        ))
+        .bind(i64::try_from(self.config.batch_len_max).unwrap_or(i64::MAX))
+        .fetch_all(tx.conn())
+        .await
+        .map_err(|e| classify("cannot read the outbox", e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutboxRow {
+                    id: row.try_get("id").map_err(|e| classify("outbox id", e))?,
+                    topic: row
+                        .try_get("topic")
+                        .map_err(|e| classify("outbox topic", e))?,
+                    envelope: envelope_row::read_envelope(row)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Publishes runs of consecutive rows with the same topic, in id order.
+    async fn publish(&self, rows: &[OutboxRow]) -> Result<(), Error> {
+        let mut start = 0;
+        while start < rows.len() {
+            let topic = &rows[start].topic;
+            let end = rows[start..]
+                .iter()
+                .position(|r| &r.topic != topic)
+                .map_or(rows.len(), |n| start + n);
+            let events: Vec<Envelope> = rows[start..end]
+                .iter()
+                .map(|r| r.envelope.clone())
+                .collect();
+            self.publisher.publish(topic, &events).await?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Marks exactly the published ids — never a range, which could cover a row that
+    /// committed late and was not in this batch.
+    async fn mark(&self, tx: &mut Tx, rows: &[OutboxRow]) -> Result<(), Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let now = to_micros(self.outbox.clock().now());
+        let delete = self.config.retention.is_zero();
+        let mut sql = if delete {
+            "DELETE FROM eddy_outbox WHERE id IN (".to_owned()
+        } else {
+            "UPDATE eddy_outbox SET published_at_us = $1 WHERE id IN (".to_owned()
+        };
+        let first = if delete { 1 } else { 2 };
+        for i in 0..rows.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(first + i).to_string());
+        }
+        sql.push(')');
+        let mut query = sqlx::query(&sql);
+        if !delete {
+            query = query.bind(now);
+        }
+        for row in rows {
+            query = query.bind(row.id);
+        }
+        query
+            .execute(tx.conn())
+            .await
+            .map_err(|e| classify("cannot mark outbox rows published", e))?;
+        Ok(())
+    }
+
+    /// Deletes published rows older than the retention; returns how many went.
+    pub async fn clean_up(&self) -> Result<u64, Error> {
+        let retention =
+            time::Duration::try_from(self.config.retention).unwrap_or(time::Duration::MAX);
+        let cutoff = to_micros(self.outbox.clock().now() - retention);
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM eddy_outbox WHERE id IN (SELECT id FROM eddy_outbox WHERE published_at_us IS NOT NULL AND published_at_us < $1 LIMIT $2)",
+            )
+            .bind(cutoff)
+            .bind(i64::try_from(self.config.cleanup_batch_len_max).unwrap_or(i64::MAX))
+            .execute(self.outbox.db().pool())
+            .await
+            .map_err(|e| classify("cannot clean up the outbox", e))?
+            .rows_affected();
+            total += deleted;
+            if deleted < self.config.cleanup_batch_len_max as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}
