@@ -66,3 +66,54 @@ impl Fixture for LogFixture {
 
 eddy_testkit::conformance_tests!(sqlite, fixture(TestDb::sqlite().await));
 eddy_testkit::conformance_tests!(postgres, fixture(TestDb::postgres().await));
+
+mod retention {
+    use super::*;
+    use eddy_core::ManualClock;
+    use eddy_testkit::events::Numbered;
+
+    async fn records_older_than_the_retention_are_purged(db: TestDb) {
+        let clock = ManualClock::new(eddy_core::OffsetDateTime::now_utc());
+        let log = Log::open_with_clock(
+            db.db().clone(),
+            LogConfig {
+                retention: Duration::from_secs(60),
+                ..config()
+            },
+            Arc::new(clock.clone()),
+        )
+        .await
+        .unwrap();
+        log.publish("t", &Numbered::interleaved(3, 2))
+            .await
+            .unwrap();
+        assert_eq!(
+            log.purge_expired(1000).await.unwrap(),
+            0,
+            "young records stay"
+        );
+        clock.advance(Duration::from_secs(61));
+        log.publish("t", &Numbered::interleaved(1, 1))
+            .await
+            .unwrap();
+        assert_eq!(log.purge_expired(4).await.unwrap(), 4, "bounded per call");
+        assert_eq!(log.purge_expired(1000).await.unwrap(), 2);
+        assert_eq!(
+            log.purge_expired(1000).await.unwrap(),
+            0,
+            "the new record stays"
+        );
+        let offsets: u64 = log.end_offsets("t").await.unwrap().values().sum();
+        assert_eq!(offsets, 7, "offsets never go back");
+    }
+
+    #[tokio::test]
+    async fn on_sqlite() {
+        records_older_than_the_retention_are_purged(TestDb::sqlite().await).await;
+    }
+
+    #[tokio::test]
+    async fn on_postgres() {
+        records_older_than_the_retention_are_purged(TestDb::postgres().await).await;
+    }
+}

@@ -302,6 +302,40 @@ async fn a_rolled_back_transaction_leaves_no_event(s: Setup) {
     assert_eq!(s.outbox.state().await.unwrap().pending_len, 0);
 }
 
+/// The relay sleeps with a 10-minute fallback poll, so only the commit signal can
+/// wake it in time: in-process on SQLite, LISTEN/NOTIFY from another pool (standing
+/// in for another process) on PostgreSQL.
+async fn a_commit_wakes_the_idle_relay_at_once(s: Setup) {
+    let relay_db = match s.service.db().backend() {
+        eddy_sql::Backend::Postgres => s.service.connect_again().await,
+        eddy_sql::Backend::Sqlite => s.service.db().clone(),
+    };
+    let relay_outbox = Outbox::open(relay_db, Arc::new(SystemClock)).await.unwrap();
+    let relay = Relay::new(
+        relay_outbox,
+        Arc::new(s.log.clone()),
+        RelayConfig {
+            fallback_poll_interval: Duration::from_secs(600),
+            ..config()
+        },
+    );
+    let stats = relay.stats();
+    let stop = CancellationToken::new();
+    let relaying = tokio::spawn(relay.run(stop.clone()));
+    // Let it find the outbox empty and go to sleep.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    append_one(&s.outbox, &Numbered::envelope("k", 0)).await;
+    let woken = tokio::time::timeout(Duration::from_secs(10), async {
+        while stats.published() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(woken.is_ok(), "the relay slept through a commit");
+    stop.cancel();
+    relaying.await.unwrap().unwrap();
+}
+
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -329,4 +363,5 @@ on_both_backends!(
     the_relay_crashing_mid_batch_loses_nothing,
     published_rows_are_cleaned_up_after_their_retention,
     a_rolled_back_transaction_leaves_no_event,
+    a_commit_wakes_the_idle_relay_at_once,
 );

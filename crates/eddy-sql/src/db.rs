@@ -11,7 +11,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::classify;
-use crate::signal::{spawn_pg_listener, SignalReceiver, Signals};
+use crate::signal::{spawn_pg_listener, Notifier, SignalReceiver, Signals};
 
 /// Which database a [`Db`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +80,7 @@ struct Inner {
     url: String,
     signals: Signals,
     listeners: Mutex<Vec<String>>,
+    notifier: Option<Arc<Notifier>>,
     stop: Arc<CancellationToken>,
 }
 
@@ -145,6 +146,9 @@ impl Db {
             .connect_with(options)
             .await
             .map_err(|e| classify(format!("cannot connect to {}", redact(&url)), e))?;
+        let stop = Arc::new(CancellationToken::new());
+        let notifier = (backend == Backend::Postgres)
+            .then(|| Notifier::spawn(pool.clone(), stop.child_token()));
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
@@ -152,7 +156,8 @@ impl Db {
                 url,
                 signals: Signals::default(),
                 listeners: Mutex::new(Vec::new()),
-                stop: Arc::new(CancellationToken::new()),
+                notifier,
+                stop,
             }),
         })
     }
@@ -251,17 +256,12 @@ impl Tx {
         &self.db
     }
 
-    /// Wakes the waiters of `channel` if, and only if, this transaction commits.
+    /// Wakes the waiters of `channel` if, and only if, this transaction commits: at
+    /// once in this process, and through `NOTIFY` in other processes on PostgreSQL
+    /// (sent just after the commit; see [`crate::signal`] for why not inside it).
     pub async fn signal_on_commit(&mut self, channel: &str) -> Result<(), Error> {
         if self.signals.iter().any(|c| c == channel) {
             return Ok(());
-        }
-        if self.db.backend() == Backend::Postgres {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(channel)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(|e| classify("cannot queue a commit notification", e))?;
         }
         self.signals.push(channel.to_owned());
         Ok(())
@@ -274,6 +274,9 @@ impl Tx {
             .map_err(|e| classify("cannot commit", e))?;
         for channel in &self.signals {
             self.db.inner.signals.bump(channel);
+        }
+        if let Some(notifier) = &self.db.inner.notifier {
+            notifier.request(&self.signals);
         }
         Ok(())
     }

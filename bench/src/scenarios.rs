@@ -1,0 +1,568 @@
+//! The toolkit scenarios and their baselines.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use eddy_core::{async_trait, Envelope, Event, Handler, HandlerError, JsonCodec, SystemClock};
+use eddy_log::{Log, LogConfig};
+use eddy_outbox::{Outbox, Relay, RelayConfig};
+use eddy_runtime::{Consumer, ConsumerConfig, Router};
+use eddy_sql::{Backend, Db, DbConfig, SqliteSynchronous, Transactional, Tx, TxHandler};
+use serde::{Deserialize, Serialize};
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+use crate::Args;
+
+/// One measured figure: the median of the runs, and every run.
+#[derive(Debug, Serialize)]
+pub struct Measurement {
+    pub backend: String,
+    pub scenario: &'static str,
+    pub variant: &'static str,
+    pub median_per_sec: f64,
+    pub runs_per_sec: Vec<f64>,
+    /// Median over runs of the p99 of one operation, where that applies.
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub machine: String,
+    pub settings: Vec<String>,
+    pub events: usize,
+    pub writers: usize,
+    pub repeat: usize,
+    pub measurements: Vec<Measurement>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Payload {
+    order_id: String,
+    customer_id: String,
+    total_cents: i64,
+    lines: Vec<(String, u32)>,
+}
+
+impl Event for Payload {
+    const TYPE: &'static str = "bench.OrderPlaced";
+    fn key(&self) -> String {
+        self.order_id.clone()
+    }
+}
+
+fn event(i: usize) -> anyhow::Result<Envelope> {
+    let payload = Payload {
+        order_id: format!("order-{}", i % 1000),
+        customer_id: format!("customer-{}", i % 97),
+        total_cents: 1999 + i as i64,
+        lines: vec![("sku-1".into(), 2), ("sku-2".into(), 1)],
+    };
+    Ok(JsonCodec::encode(&payload, &SystemClock)?)
+}
+
+/// A database that lives for one run.
+struct RunDb {
+    db: Db,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+impl RunDb {
+    async fn new(args: &Args, backend: &str) -> anyhow::Result<Self> {
+        match backend {
+            "sqlite" => {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                let synchronous = match args.sqlite_synchronous.as_str() {
+                    "full" => SqliteSynchronous::Full,
+                    "normal" => SqliteSynchronous::Normal,
+                    other => bail!("--sqlite-synchronous is full or normal, not {other}"),
+                };
+                let db = Db::connect(&DbConfig::new(&url).sqlite_synchronous(synchronous)).await?;
+                Ok(Self {
+                    db,
+                    _dir: Some(dir),
+                    pg: None,
+                })
+            }
+            "postgres" => {
+                let server = args.postgres_url.trim_end_matches('/').to_owned();
+                let name = format!("eddy_bench_{}", uuid::Uuid::now_v7().simple());
+                let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+                    .await
+                    .with_context(|| format!("PostgreSQL is not reachable at {server}"))?;
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await?;
+                admin.close().await?;
+                let db =
+                    Db::connect(&DbConfig::new(format!("{server}/{name}")).max_connections(32))
+                        .await?;
+                Ok(Self {
+                    db,
+                    _dir: None,
+                    pg: Some((server, name)),
+                })
+            }
+            other => bail!("unknown backend {other}; use sqlite or postgres"),
+        }
+    }
+
+    async fn drop_db(self) -> anyhow::Result<()> {
+        self.db.close().await;
+        if let Some((server, name)) = self.pg {
+            let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await?;
+            admin.close().await?;
+        }
+        Ok(())
+    }
+}
+
+struct Run {
+    per_sec: f64,
+    p99_ms: Option<f64>,
+}
+
+/// Runs `writers` tasks that together commit `events` single-event transactions.
+async fn append_eddy(db: &Db, args: &Args) -> anyhow::Result<Run> {
+    let outbox = Outbox::open(db.clone(), Arc::new(SystemClock)).await?;
+    let events: Vec<Envelope> = (0..args.events).map(event).collect::<anyhow::Result<_>>()?;
+    let events = Arc::new(events);
+    timed_writers(args, move |i| {
+        let outbox = outbox.clone();
+        let events = events.clone();
+        async move {
+            let mut tx = outbox.db().begin().await?;
+            outbox
+                .append(&mut tx, "orders", std::slice::from_ref(&events[i]))
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// The same rows through plain sqlx: `BEGIN; INSERT; COMMIT`.
+async fn append_baseline(db: &Db, args: &Args) -> anyhow::Result<Run> {
+    let blob = if db.backend() == Backend::Postgres {
+        "BYTEA"
+    } else {
+        "BLOB"
+    };
+    sqlx::query(&format!(
+        "CREATE TABLE raw_outbox (id {}, topic TEXT NOT NULL, event_id TEXT NOT NULL, event_type TEXT NOT NULL, schema_version BIGINT NOT NULL, occurred_at_us BIGINT NOT NULL, correlation_id TEXT NOT NULL, causation_id TEXT, event_key TEXT NOT NULL, headers TEXT NOT NULL, payload {blob} NOT NULL, created_at_us BIGINT NOT NULL, published_at_us BIGINT)",
+        if db.backend() == Backend::Postgres { "BIGSERIAL PRIMARY KEY" } else { "INTEGER PRIMARY KEY AUTOINCREMENT" }
+    ))
+    .execute(db.pool())
+    .await?;
+    let events: Vec<Envelope> = (0..args.events).map(event).collect::<anyhow::Result<_>>()?;
+    let events = Arc::new(events);
+    let pool = db.pool().clone();
+    let sqlite = db.backend() == Backend::Sqlite;
+    timed_writers(args, move |i| {
+        let pool = pool.clone();
+        let events = events.clone();
+        async move {
+            let e = &events[i];
+            let mut tx = if sqlite { pool.begin_with("BEGIN IMMEDIATE").await? } else { pool.begin().await? };
+            sqlx::query("INSERT INTO raw_outbox (topic, created_at_us, event_id, event_type, schema_version, occurred_at_us, correlation_id, causation_id, event_key, headers, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+                .bind("orders")
+                .bind(e.occurred_at_micros())
+                .bind(e.id.to_string())
+                .bind(e.event_type.as_str())
+                .bind(i64::from(e.schema_version))
+                .bind(e.occurred_at_micros())
+                .bind(e.correlation_id.to_string())
+                .bind(e.causation_id.map(|c| c.to_string()))
+                .bind(e.key.as_str())
+                .bind(e.headers.to_json())
+                .bind(e.payload.as_slice())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn timed_writers<F, Fut>(args: &Args, op: F) -> anyhow::Result<Run>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicU64::new(0));
+    let total = args.events as u64;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.writers.max(1) {
+        let op = op.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(histogram);
+                }
+                let began = Instant::now();
+                op(i as usize).await?;
+                histogram.record(began.elapsed().as_micros() as u64)?;
+            }
+        }));
+    }
+    let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
+    for task in tasks {
+        histogram.add(task.await??)?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(Run {
+        per_sec: total as f64 / elapsed,
+        p99_ms: Some(histogram.value_at_quantile(0.99) as f64 / 1000.0),
+    })
+}
+
+/// Drains a backlog of `events` outbox rows into the embedded log in another database.
+async fn relay_eddy(db: &Db, broker: &Db, args: &Args) -> anyhow::Result<Run> {
+    let outbox = Outbox::open(db.clone(), Arc::new(SystemClock)).await?;
+    let events: Vec<Envelope> = (0..args.events).map(event).collect::<anyhow::Result<_>>()?;
+    for chunk in events.chunks(500) {
+        let mut tx = db.begin().await?;
+        outbox.append(&mut tx, "orders", chunk).await?;
+        tx.commit().await?;
+    }
+    let log = Log::open(broker.clone(), LogConfig::default()).await?;
+    log.create_topic("orders", 8).await?;
+    let relay = Relay::new(outbox.clone(), Arc::new(log), RelayConfig::default());
+    let start = Instant::now();
+    let mut published = 0;
+    loop {
+        let n = relay.relay_batch().await?;
+        if n == 0 {
+            break;
+        }
+        published += n;
+    }
+    if published != args.events {
+        bail!("relayed {published} of {}", args.events);
+    }
+    Ok(Run {
+        per_sec: published as f64 / start.elapsed().as_secs_f64(),
+        p99_ms: None,
+    })
+}
+
+struct Noop;
+
+#[async_trait]
+impl Handler<Payload> for Noop {
+    async fn handle(&self, _: Payload, _: &Envelope) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+struct WriteRow;
+
+#[async_trait]
+impl TxHandler<Payload> for WriteRow {
+    async fn handle(
+        &self,
+        event: Payload,
+        envelope: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        sqlx::query(
+            "INSERT INTO bench_effects (event_id, order_id, total_cents) VALUES ($1, $2, $3)",
+        )
+        .bind(envelope.id.to_string())
+        .bind(event.order_id)
+        .bind(event.total_cents)
+        .execute(tx.conn())
+        .await
+        .map_err(|e| eddy_sql::classify("effect", e))?;
+        Ok(())
+    }
+}
+
+async fn fill_log(db: &Db, args: &Args) -> anyhow::Result<Log> {
+    let log = Log::open(db.clone(), LogConfig::default()).await?;
+    log.create_topic("orders", 8).await?;
+    let events: Vec<Envelope> = (0..args.events).map(event).collect::<anyhow::Result<_>>()?;
+    for chunk in events.chunks(1000) {
+        eddy_core::Publisher::publish(&log, "orders", chunk).await?;
+    }
+    Ok(log)
+}
+
+/// Consumes `events` records with the runtime until all are committed.
+async fn consume_eddy(db: &Db, args: &Args, idempotent: bool) -> anyhow::Result<Run> {
+    let log = fill_log(db, args).await?;
+    let router = if idempotent {
+        db.migrate(eddy_sql::idempotency::MIGRATIONS).await?;
+        sqlx::query("CREATE TABLE bench_effects (event_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, total_cents BIGINT NOT NULL)")
+            .execute(db.pool())
+            .await?;
+        Router::new().route::<Payload, _>(Transactional::new(db.clone(), "bench", WriteRow))
+    } else {
+        Router::new().route::<Payload, _>(Noop)
+    };
+    let consumer = Consumer::new(
+        "orders",
+        "bench",
+        Arc::new(log.clone()),
+        Arc::new(log.clone()),
+        router,
+    )
+    .with_config(ConsumerConfig::default());
+    let stats = consumer.stats();
+    let stop = CancellationToken::new();
+    let start = Instant::now();
+    let running = tokio::spawn(consumer.run(stop.clone()));
+    let total = args.events as u64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let handled = stats.handled();
+        if handled >= total {
+            let committed: u64 = log
+                .committed_offsets("bench", "orders")
+                .await?
+                .values()
+                .sum();
+            if committed >= total {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("consumer handled only {handled} of {total} in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.cancel();
+    running.await??;
+    Ok(Run {
+        per_sec: total as f64 / elapsed,
+        p99_ms: None,
+    })
+}
+
+/// The same records read with plain `SELECT`s, partition by partition, 256 at a time.
+async fn consume_baseline(db: &Db, args: &Args) -> anyhow::Result<Run> {
+    fill_log(db, args).await?;
+    let start = Instant::now();
+    let mut total = 0usize;
+    for partition in 0..8i64 {
+        let mut next = 0i64;
+        loop {
+            let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
+                "SELECT record_offset, event_id, payload FROM eddy_log_records WHERE topic = $1 AND partition = $2 AND record_offset >= $3 ORDER BY record_offset LIMIT 256",
+            )
+            .bind("orders")
+            .bind(partition)
+            .bind(next)
+            .fetch_all(db.pool())
+            .await?;
+            let Some(last) = rows.last() else { break };
+            next = last.0 + 1;
+            total += rows.len();
+        }
+    }
+    if total != args.events {
+        bail!("read {total} of {}", args.events);
+    }
+    Ok(Run {
+        per_sec: total as f64 / start.elapsed().as_secs_f64(),
+        p99_ms: None,
+    })
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+type Collected = Vec<(String, &'static str, &'static str, Vec<Run>)>;
+
+fn push(
+    collected: &mut Collected,
+    backend: &str,
+    scenario: &'static str,
+    variant: &'static str,
+    run: Run,
+) {
+    if let Some(entry) = collected
+        .iter_mut()
+        .find(|(b, s, v, _)| b == backend && *s == scenario && *v == variant)
+    {
+        entry.3.push(run);
+    } else {
+        collected.push((backend.to_owned(), scenario, variant, vec![run]));
+    }
+}
+
+pub async fn run_all(args: &Args) -> anyhow::Result<Results> {
+    let mut collected: Collected = Vec::new();
+    let mut settings = vec![format!(
+        "sqlite: journal_mode=WAL, synchronous={}",
+        args.sqlite_synchronous.to_uppercase()
+    )];
+    for backend in &args.backends {
+        if backend == "postgres" {
+            let probe = RunDb::new(args, backend).await?;
+            let fsync: String = sqlx::query_scalar("SHOW fsync")
+                .fetch_one(probe.db.pool())
+                .await?;
+            let sync: String = sqlx::query_scalar("SHOW synchronous_commit")
+                .fetch_one(probe.db.pool())
+                .await?;
+            let version: String = sqlx::query_scalar("SHOW server_version")
+                .fetch_one(probe.db.pool())
+                .await?;
+            settings.push(format!(
+                "postgres {version}: fsync={fsync}, synchronous_commit={sync}"
+            ));
+            probe.drop_db().await?;
+        }
+    }
+    for round in 0..args.repeat {
+        for backend in &args.backends {
+            eprintln!("round {}/{} on {backend}", round + 1, args.repeat);
+            let d = RunDb::new(args, backend).await?;
+            push(
+                &mut collected,
+                backend,
+                "outbox append (1 event/tx)",
+                "eddy",
+                append_eddy(&d.db, args).await?,
+            );
+            d.drop_db().await?;
+            let d = RunDb::new(args, backend).await?;
+            push(
+                &mut collected,
+                backend,
+                "outbox append (1 event/tx)",
+                "raw sqlx",
+                append_baseline(&d.db, args).await?,
+            );
+            d.drop_db().await?;
+
+            let d = RunDb::new(args, backend).await?;
+            let b = RunDb::new(args, backend).await?;
+            push(
+                &mut collected,
+                backend,
+                "relay outbox → log",
+                "eddy",
+                relay_eddy(&d.db, &b.db, args).await?,
+            );
+            d.drop_db().await?;
+            b.drop_db().await?;
+
+            let d = RunDb::new(args, backend).await?;
+            push(
+                &mut collected,
+                backend,
+                "consume (no-op handler)",
+                "eddy",
+                consume_eddy(&d.db, args, false).await?,
+            );
+            d.drop_db().await?;
+            let d = RunDb::new(args, backend).await?;
+            push(
+                &mut collected,
+                backend,
+                "consume (idempotent, 1 row/event)",
+                "eddy",
+                consume_eddy(&d.db, args, true).await?,
+            );
+            d.drop_db().await?;
+            let d = RunDb::new(args, backend).await?;
+            push(
+                &mut collected,
+                backend,
+                "consume (no-op handler)",
+                "raw SELECT",
+                consume_baseline(&d.db, args).await?,
+            );
+            d.drop_db().await?;
+        }
+    }
+    let measurements = collected
+        .into_iter()
+        .map(|(backend, scenario, variant, runs)| {
+            let mut rates: Vec<f64> = runs.iter().map(|r| r.per_sec).collect();
+            let mut p99s: Vec<f64> = runs.iter().filter_map(|r| r.p99_ms).collect();
+            Measurement {
+                backend,
+                scenario,
+                variant,
+                median_per_sec: median(&mut rates.clone()),
+                runs_per_sec: std::mem::take(&mut rates),
+                p99_ms: (!p99s.is_empty()).then(|| median(&mut p99s)),
+            }
+        })
+        .collect();
+    Ok(Results {
+        machine: machine(),
+        settings,
+        events: args.events,
+        writers: args.writers,
+        repeat: args.repeat,
+        measurements,
+    })
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown cpu".to_owned());
+    format!("{cpus} cores, {model}")
+}
+
+pub fn markdown(results: &Results) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Machine: {}. Events per run: {}. Writers: {}. Runs: {} (median shown).\n\n",
+        results.machine, results.events, results.writers, results.repeat
+    ));
+    for s in &results.settings {
+        out.push_str(&format!("- {s}\n"));
+    }
+    out.push_str("\n| backend | scenario | variant | events/s (median) | p99 per tx | vs baseline |\n|---|---|---|---:|---:|---:|\n");
+    for m in &results.measurements {
+        let baseline = results
+            .measurements
+            .iter()
+            .find(|b| b.backend == m.backend && b.scenario == m.scenario && b.variant != "eddy");
+        let ratio = match (m.variant, baseline) {
+            ("eddy", Some(b)) => format!("{:.2}×", m.median_per_sec / b.median_per_sec),
+            _ => "—".to_owned(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {} | {} |\n",
+            m.backend,
+            m.scenario,
+            m.variant,
+            m.median_per_sec,
+            m.p99_ms.map_or("—".to_owned(), |p| format!("{p:.2} ms")),
+            ratio
+        ));
+    }
+    out
+}
