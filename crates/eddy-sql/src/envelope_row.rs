@@ -10,15 +10,11 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-/// The envelope columns in the order [`push_values`] binds them.
+/// The envelope columns in the order [`bind_envelope`] binds them.
 pub const COLUMNS: &str = "event_id, event_type, schema_version, occurred_at_us, correlation_id, causation_id, event_key, headers, payload";
 
 /// How many placeholders one envelope takes.
 pub const COLUMN_COUNT: usize = 9;
-
-/// The SQL type of each column, for `CREATE TABLE`, in [`COLUMNS`] order.
-pub const SQLITE_DDL: &str = "event_id TEXT NOT NULL, event_type TEXT NOT NULL, schema_version BIGINT NOT NULL, occurred_at_us BIGINT NOT NULL, correlation_id TEXT NOT NULL, causation_id TEXT, event_key TEXT NOT NULL, headers TEXT NOT NULL, payload BLOB NOT NULL";
-pub const POSTGRES_DDL: &str = "event_id TEXT NOT NULL, event_type TEXT NOT NULL, schema_version BIGINT NOT NULL, occurred_at_us BIGINT NOT NULL, correlation_id TEXT NOT NULL, causation_id TEXT, event_key TEXT NOT NULL, headers TEXT NOT NULL, payload BYTEA NOT NULL";
 
 /// Writes `($first, $first+1, …)` placeholders for one row of `extra` leading values
 /// plus the envelope columns, returning the next free placeholder number.
