@@ -1,0 +1,556 @@
+//! Builds the platform from a [`Config`] and runs it until told to stop.
+//!
+//! Start-up order: databases (one per service, plus the log's) and their migrations,
+//! the embedded log and its topics, the payment provider (if embedded), the relays, the
+//! consumers, and last the HTTP listener. Shutdown runs the other way: stop accepting
+//! and drain requests, then drain consumers (commit what finished), then let relays
+//! finish their batch, then close the pools.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use eddy_core::{Event, Publisher, Subscriber};
+use eddy_log::{Log, LogConfig};
+use eddy_outbox::{Relay, RelayConfig, RelayStats};
+use eddy_runtime::{Consumer, ConsumerConfig, ConsumerStats, RetryPolicy};
+use eddy_sql::{Db, DbConfig, SqliteSynchronous, Transactional};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+
+use crate::config::Config;
+use crate::contracts::*;
+use crate::problem::problem;
+use crate::service::ServiceDb;
+use crate::telemetry::{prometheus, Timed};
+use crate::{catalog, inventory, notifications, orders, payments, provider};
+
+/// Every service of the platform and its storage.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub catalog: ServiceDb,
+    pub orders: ServiceDb,
+    pub inventory: ServiceDb,
+    pub payments: ServiceDb,
+    pub notifications: ServiceDb,
+    pub log: Log,
+}
+
+impl Services {
+    fn all(&self) -> [&ServiceDb; 5] {
+        [
+            &self.catalog,
+            &self.orders,
+            &self.inventory,
+            &self.payments,
+            &self.notifications,
+        ]
+    }
+}
+
+/// A running platform.
+#[derive(Debug)]
+pub struct Platform {
+    pub api_addr: SocketAddr,
+    pub provider_addr: Option<SocketAddr>,
+    pub services: Services,
+    http_stop: CancellationToken,
+    workers_stop: CancellationToken,
+    provider_stop: CancellationToken,
+    http: JoinHandle<()>,
+    provider: Option<JoinHandle<()>>,
+    workers: Vec<(String, JoinHandle<Result<(), eddy_core::Error>>)>,
+    shutdown_timeout: Duration,
+}
+
+async fn open_db(config: &Config, service: &str) -> anyhow::Result<Db> {
+    let synchronous = if config.databases.sqlite_synchronous == "normal" {
+        SqliteSynchronous::Normal
+    } else {
+        SqliteSynchronous::Full
+    };
+    let url = config.database_url(service);
+    Db::connect(
+        &DbConfig::new(&url)
+            .max_connections(config.databases.max_connections)
+            .sqlite_synchronous(synchronous),
+    )
+    .await
+    .with_context(|| format!("cannot open the {service} database"))
+}
+
+async fn open_service(
+    config: &Config,
+    name: &'static str,
+    migrations: &[eddy_sql::Migration],
+) -> anyhow::Result<ServiceDb> {
+    let db = open_db(config, name).await?;
+    db.migrate(migrations)
+        .await
+        .with_context(|| format!("cannot migrate the {name} database"))?;
+    ServiceDb::open(name, db)
+        .await
+        .with_context(|| format!("cannot open the {name} outbox"))
+}
+
+/// Starts the platform: returns once it listens.
+pub async fn start(config: Config) -> anyhow::Result<Platform> {
+    config.validate()?;
+    if config.database_url("log").starts_with("sqlite:")
+        || config.database_url("orders").starts_with("sqlite:")
+    {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+    }
+    prometheus();
+    let http_stop = CancellationToken::new();
+    let workers_stop = CancellationToken::new();
+    let provider_stop = CancellationToken::new();
+
+    // The payment provider, on its own listener.
+    let (provider_addr, provider_task, provider_url) = if config.provider.embedded {
+        let listener = tokio::net::TcpListener::bind(config.provider.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for the payment provider",
+                    config.provider.listen
+                )
+            })?;
+        let addr = listener.local_addr()?;
+        let router = provider::Provider::new(config.provider.clone()).router();
+        let stop = provider_stop.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "payment provider stopped");
+            }
+        });
+        (Some(addr), Some(task), format!("http://{addr}"))
+    } else {
+        (None, None, config.payments.provider_url.clone())
+    };
+
+    let services = Services {
+        catalog: open_service(&config, "catalog", catalog::MIGRATIONS).await?,
+        orders: open_service(&config, "orders", orders::MIGRATIONS).await?,
+        inventory: open_service(&config, "inventory", inventory::MIGRATIONS).await?,
+        payments: open_service(&config, "payments", payments::MIGRATIONS).await?,
+        notifications: open_service(&config, "notifications", notifications::MIGRATIONS).await?,
+        log: Log::open(open_db(&config, "log").await?, LogConfig::default())
+            .await
+            .context("cannot open the embedded log")?,
+    };
+    for topic in [CATALOG_TOPIC, ORDERS_TOPIC, INVENTORY_TOPIC, PAYMENTS_TOPIC] {
+        services
+            .log
+            .create_topic(topic, services.log.config().default_partitions)
+            .await?;
+    }
+
+    let mut workers = Vec::new();
+    let mut relay_stats = Vec::new();
+    let relay_config = RelayConfig {
+        batch_len_max: config.relay.batch_len_max,
+        retention: Duration::from_secs(config.relay.retention_secs),
+        ..RelayConfig::default()
+    };
+    for service in services.all() {
+        let relay = Relay::new(
+            service.outbox.clone(),
+            Arc::new(services.log.clone()),
+            relay_config.clone(),
+        );
+        relay_stats.push((service.name, relay.stats()));
+        workers.push((
+            format!("{} relay", service.name),
+            tokio::spawn(relay.run(workers_stop.clone())),
+        ));
+    }
+
+    let consumer_config = ConsumerConfig {
+        concurrency: config.consumer.concurrency,
+        in_flight_max: config.consumer.in_flight_max,
+        retry: RetryPolicy {
+            attempts_max: config.consumer.attempts_max,
+            backoff_initial: Duration::from_millis(config.consumer.backoff_initial_ms),
+            backoff_max: Duration::from_millis(config.consumer.backoff_max_ms),
+        },
+        drain_timeout: Duration::from_millis(config.server.shutdown_timeout_ms),
+        ..ConsumerConfig::default()
+    };
+    let provider_client = payments::ProviderClient::new(
+        provider_url,
+        Duration::from_millis(config.payments.provider_timeout_ms),
+    )?;
+    let mut consumer_stats: Vec<(&'static str, &'static str, Arc<ConsumerStats>)> = Vec::new();
+    let log: Arc<dyn Subscriber> = Arc::new(services.log.clone());
+    let dead_letters: Arc<dyn Publisher> = Arc::new(services.log.clone());
+    let mut add = |group: &'static str, topic: &'static str, router: eddy_runtime::Router| {
+        let consumer = Consumer::new(topic, group, log.clone(), dead_letters.clone(), router)
+            .with_config(consumer_config.clone());
+        consumer_stats.push((group, topic, consumer.stats()));
+        workers.push((
+            format!("{group} consumer of {topic}"),
+            tokio::spawn(consumer.run(workers_stop.clone())),
+        ));
+    };
+    fn tx<E: Event, H: eddy_sql::TxHandler<E>>(
+        service: &ServiceDb,
+        name: &'static str,
+        handler: H,
+    ) -> Timed<Transactional<E, H>> {
+        Timed {
+            consumer: name,
+            inner: Transactional::new(service.db.clone(), name, handler),
+        }
+    }
+    let s = &services;
+    add(
+        "catalog",
+        INVENTORY_TOPIC,
+        eddy_runtime::Router::new().route::<StockChanged, _>(tx(
+            &s.catalog,
+            "catalog",
+            catalog::OnStockChanged,
+        )),
+    );
+    add(
+        "orders",
+        CATALOG_TOPIC,
+        eddy_runtime::Router::new().route::<ProductUpserted, _>(tx(
+            &s.orders,
+            "orders",
+            orders::OnProductUpserted,
+        )),
+    );
+    add(
+        "orders",
+        INVENTORY_TOPIC,
+        eddy_runtime::Router::new().route::<StockRejected, _>(tx(
+            &s.orders,
+            "orders",
+            orders::Settle {
+                service: s.orders.clone(),
+            },
+        )),
+    );
+    add(
+        "orders",
+        PAYMENTS_TOPIC,
+        eddy_runtime::Router::new()
+            .route::<PaymentCaptured, _>(tx(
+                &s.orders,
+                "orders",
+                orders::Settle {
+                    service: s.orders.clone(),
+                },
+            ))
+            .route::<PaymentDeclined, _>(tx(
+                &s.orders,
+                "orders",
+                orders::Settle {
+                    service: s.orders.clone(),
+                },
+            )),
+    );
+    let inv = inventory::Inventory {
+        service: s.inventory.clone(),
+    };
+    add(
+        "inventory",
+        CATALOG_TOPIC,
+        eddy_runtime::Router::new().route::<ProductUpserted, _>(tx(
+            &s.inventory,
+            "inventory",
+            inv.clone(),
+        )),
+    );
+    add(
+        "inventory",
+        ORDERS_TOPIC,
+        eddy_runtime::Router::new()
+            .route::<OrderPlaced, _>(tx(&s.inventory, "inventory", inv.clone()))
+            .route::<OrderCancelled, _>(tx(&s.inventory, "inventory", inv.clone()))
+            .route::<OrderConfirmed, _>(tx(&s.inventory, "inventory", inv)),
+    );
+    add(
+        "payments",
+        INVENTORY_TOPIC,
+        eddy_runtime::Router::new().route::<StockReserved, _>(Timed {
+            consumer: "payments",
+            inner: payments::Charge {
+                service: s.payments.clone(),
+                provider: provider_client,
+            },
+        }),
+    );
+    let notify = notifications::Notify {
+        service: s.notifications.clone(),
+        failure_rate: config.notifications.failure_rate,
+    };
+    add(
+        "notifications",
+        ORDERS_TOPIC,
+        eddy_runtime::Router::new()
+            .route::<OrderConfirmed, _>(tx(&s.notifications, "notifications", notify.clone()))
+            .route::<OrderCancelled, _>(tx(&s.notifications, "notifications", notify)),
+    );
+
+    workers.push((
+        "maintenance".to_owned(),
+        tokio::spawn(maintenance(
+            services.clone(),
+            consumer_stats,
+            relay_stats,
+            workers_stop.clone(),
+        )),
+    ));
+
+    // HTTP last: only once everything behind it runs.
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let api_addr = listener.local_addr()?;
+    let router = router(&config, services.clone());
+    let stop = http_stop.clone();
+    let http = tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "HTTP server stopped");
+        }
+    });
+
+    Ok(Platform {
+        api_addr,
+        provider_addr,
+        services,
+        http_stop,
+        workers_stop,
+        provider_stop,
+        http,
+        provider: provider_task,
+        workers,
+        shutdown_timeout: Duration::from_millis(config.server.shutdown_timeout_ms),
+    })
+}
+
+impl Platform {
+    /// Graceful shutdown: requests drain, consumers drain and commit, relays finish.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.http_stop.cancel();
+        if tokio::time::timeout(self.shutdown_timeout, self.http)
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP requests did not drain in time");
+        }
+        self.workers_stop.cancel();
+        let mut failed = Vec::new();
+        for (name, worker) in self.workers {
+            match tokio::time::timeout(self.shutdown_timeout + Duration::from_secs(5), worker).await
+            {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => failed.push(format!("{name}: {error}")),
+                Ok(Err(join)) => failed.push(format!("{name}: {join}")),
+                Err(_) => failed.push(format!("{name}: did not stop in time")),
+            }
+        }
+        self.provider_stop.cancel();
+        if let Some(provider) = self.provider {
+            let _ = tokio::time::timeout(Duration::from_secs(5), provider).await;
+        }
+        for service in self.services.all() {
+            service.db.close().await;
+        }
+        self.services.log.db().close().await;
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("shutdown problems: {}", failed.join("; "))
+        }
+    }
+}
+
+async fn maintenance(
+    services: Services,
+    consumers: Vec<(&'static str, &'static str, Arc<ConsumerStats>)>,
+    relays: Vec<(&'static str, Arc<RelayStats>)>,
+    stop: CancellationToken,
+) -> Result<(), eddy_core::Error> {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut since_purge = 0u32;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        for (group, topic, stats) in &consumers {
+            metrics::counter!("events_dead_lettered_total", "consumer" => *group, "topic" => *topic).absolute(stats.dead_lettered());
+            metrics::counter!("events_processed_total", "consumer" => *group, "topic" => *topic)
+                .absolute(stats.handled());
+            if let (Ok(ends), Ok(committed)) = (
+                services.log.end_offsets(topic).await,
+                services.log.committed_offsets(group, topic).await,
+            ) {
+                let lag: u64 = ends
+                    .iter()
+                    .map(|(p, end)| end.saturating_sub(committed.get(p).copied().unwrap_or(0)))
+                    .sum();
+                metrics::gauge!("consumer_lag_messages", "group" => *group, "topic" => *topic)
+                    .set(lag as f64);
+            }
+        }
+        for (service, stats) in &relays {
+            metrics::counter!("events_published_total", "service" => *service)
+                .absolute(stats.published());
+        }
+        for service in services.all() {
+            if let Ok(state) = service.outbox.state().await {
+                metrics::gauge!("outbox_pending_messages", "service" => service.name)
+                    .set(state.pending_len as f64);
+            }
+        }
+        since_purge += 1;
+        if since_purge >= 30 {
+            since_purge = 0;
+            if let Err(error) = services.log.purge_expired(10_000).await {
+                tracing::warn!(%error, "log retention purge failed");
+            }
+        }
+    }
+}
+
+fn router(config: &Config, services: Services) -> Router {
+    let api = Router::new()
+        .merge(catalog::routes(services.catalog.clone()))
+        .merge(orders::routes(services.orders.clone()))
+        .merge(payments::routes(services.payments.clone()))
+        .route(
+            "/health/live",
+            get(|| async { Json(serde_json::json!({"status": "live"})) }),
+        )
+        .route("/health/ready", get(ready).with_state(services))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
+        .fallback(|| async {
+            problem(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                Some("no such route".to_owned()),
+            )
+        })
+        .layer(middleware::from_fn(record_http));
+    api.layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(|error: tower::BoxError| async move {
+                if error.is::<tower::timeout::error::Elapsed>() {
+                    problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "timeout",
+                        "The request ran out of time",
+                        None,
+                    )
+                } else {
+                    problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        "Temporarily unavailable",
+                        None,
+                    )
+                }
+            }))
+            .timeout(config.request_timeout())
+            .concurrency_limit(config.server.concurrency_limit)
+            .layer(axum::extract::DefaultBodyLimit::max(
+                config.server.body_limit_bytes,
+            )),
+    )
+}
+
+async fn record_http(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
+    metrics::histogram!("http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn ready(State(services): State<Services>) -> Response {
+    let mut failing = Vec::new();
+    let mut dbs: Vec<(&str, &Db)> = services.all().iter().map(|s| (s.name, &s.db)).collect();
+    dbs.push(("log", services.log.db()));
+    for (name, db) in dbs {
+        let ping = tokio::time::timeout(
+            Duration::from_secs(1),
+            sqlx::query("SELECT 1").execute(db.pool()),
+        )
+        .await;
+        if !matches!(ping, Ok(Ok(_))) {
+            failing.push(name);
+        }
+    }
+    if failing.is_empty() {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "Not ready",
+            Some(format!("unreachable: {}", failing.join(", "))),
+        )
+    }
+}
+
+async fn metrics_text() -> Response {
+    match prometheus() {
+        Some(handle) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            handle.render(),
+        )
+            .into_response(),
+        None => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-metrics",
+            "Metrics are not available",
+            None,
+        ),
+    }
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("../api/openapi.json"),
+    )
+        .into_response()
+}

@@ -1,0 +1,345 @@
+//! Typed configuration: defaults, then a TOML file, then `EDDY_*` environment variables
+//! (`EDDY_SERVER__LISTEN=0.0.0.0:8080` sets `server.listen`), validated at start.
+//! Every default is written here, next to its field, and in `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the SQLite files live. Default `data`.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub databases: DatabasesConfig,
+    pub provider: ProviderConfig,
+    pub payments: PaymentsConfig,
+    pub notifications: NotificationsConfig,
+    pub consumer: ConsumerSettings,
+    pub relay: RelaySettings,
+    /// Log level filter (tracing's syntax). Default `info`.
+    pub log_level: String,
+    /// Log as JSON lines (`true`) or as text. Default `false`.
+    pub log_json: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Largest accepted request body. Default 64 KiB.
+    pub body_limit_bytes: usize,
+    /// Requests handled at once; the rest wait in the accept queue. Default 4,096.
+    pub concurrency_limit: usize,
+    /// Time budget of one request. Default 5 s.
+    pub request_timeout_ms: u64,
+    /// On shutdown, how long in-flight requests and messages may take. Default 10 s.
+    pub shutdown_timeout_ms: u64,
+}
+
+/// One database per service. Empty means `sqlite://<data_dir>/<service>.db`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabasesConfig {
+    pub catalog: String,
+    pub orders: String,
+    pub inventory: String,
+    pub payments: String,
+    pub notifications: String,
+    /// The embedded log's database.
+    pub log: String,
+    /// Pooled connections per database. Default 8; size it to the database.
+    pub max_connections: u32,
+    /// `full` (fsync per commit; default) or `normal` (survives crashes, not power loss).
+    pub sqlite_synchronous: String,
+}
+
+/// The simulated payment provider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Start the simulator inside the platform process (on its own listener). Default true.
+    pub embedded: bool,
+    /// Where the embedded simulator listens. Default `127.0.0.1:8081`.
+    pub listen: SocketAddr,
+    /// Simulated processing time per charge. Default 20 ms.
+    pub latency_ms: u64,
+    /// Share of charges declined, 0–1. Default 0.05.
+    pub decline_rate: f64,
+    /// Share of requests answered 503, 0–1. Default 0.
+    pub error_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentsConfig {
+    /// The provider's base url. Empty means the embedded simulator.
+    pub provider_url: String,
+    /// Timeout of one provider call. Default 2 s.
+    pub provider_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Share of simulated sends that fail, 0–1. Default 0.
+    pub failure_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Handler calls at once per consumer. Default 32.
+    pub concurrency: usize,
+    /// Messages fetched but unfinished per consumer. Default 1,024.
+    pub in_flight_max: usize,
+    /// Attempts per message before it is dead-lettered. Default 5.
+    pub attempts_max: u32,
+    /// Backoff ceiling of the first retry. Default 100 ms.
+    pub backoff_initial_ms: u64,
+    /// Largest backoff ceiling. Default 5 s.
+    pub backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelaySettings {
+    /// Outbox rows per relay batch. Default 500.
+    pub batch_len_max: usize,
+    /// Keep published outbox rows this long. Default 3,600 s.
+    pub retention_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            server: ServerConfig::default(),
+            databases: DatabasesConfig {
+                max_connections: 8,
+                sqlite_synchronous: "full".to_owned(),
+                ..DatabasesConfig::default()
+            },
+            provider: ProviderConfig::default(),
+            payments: PaymentsConfig::default(),
+            notifications: NotificationsConfig::default(),
+            consumer: ConsumerSettings::default(),
+            relay: RelaySettings::default(),
+            log_level: "info".to_owned(),
+            log_json: false,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit_bytes: 64 * 1024,
+            concurrency_limit: 4096,
+            request_timeout_ms: 5_000,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            embedded: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            latency_ms: 20,
+            decline_rate: 0.05,
+            error_rate: 0.0,
+        }
+    }
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self {
+            provider_url: String::new(),
+            provider_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self { failure_rate: 0.0 }
+    }
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 32,
+            in_flight_max: 1024,
+            attempts_max: 5,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 5_000,
+        }
+    }
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch_len_max: 500,
+            retention_secs: 3_600,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if given; it must exist), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                anyhow::bail!("configuration file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("EDDY_").split("__"))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects settings that would stall, spin or mean nothing.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        let rate = |name: &str, value: f64, problems: &mut Vec<String>| {
+            if !(0.0..=1.0).contains(&value) {
+                problems.push(format!("{name} must be between 0 and 1, got {value}"));
+            }
+        };
+        rate(
+            "provider.decline_rate",
+            self.provider.decline_rate,
+            &mut problems,
+        );
+        rate(
+            "provider.error_rate",
+            self.provider.error_rate,
+            &mut problems,
+        );
+        rate(
+            "notifications.failure_rate",
+            self.notifications.failure_rate,
+            &mut problems,
+        );
+        let positive = [
+            (
+                "server.body_limit_bytes",
+                self.server.body_limit_bytes as u64,
+            ),
+            (
+                "server.concurrency_limit",
+                self.server.concurrency_limit as u64,
+            ),
+            ("server.request_timeout_ms", self.server.request_timeout_ms),
+            (
+                "databases.max_connections",
+                u64::from(self.databases.max_connections),
+            ),
+            (
+                "payments.provider_timeout_ms",
+                self.payments.provider_timeout_ms,
+            ),
+            ("consumer.concurrency", self.consumer.concurrency as u64),
+            ("consumer.in_flight_max", self.consumer.in_flight_max as u64),
+            (
+                "consumer.attempts_max",
+                u64::from(self.consumer.attempts_max),
+            ),
+            ("relay.batch_len_max", self.relay.batch_len_max as u64),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        if !matches!(
+            self.databases.sqlite_synchronous.as_str(),
+            "full" | "normal"
+        ) {
+            problems.push(format!(
+                "databases.sqlite_synchronous is full or normal, got {:?}",
+                self.databases.sqlite_synchronous
+            ));
+        }
+        if !self.provider.embedded && self.payments.provider_url.is_empty() {
+            problems.push(
+                "payments.provider_url is required when provider.embedded is false".to_owned(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
+        }
+    }
+
+    /// The database url of `service`, defaulting to a SQLite file in `data_dir`.
+    pub fn database_url(&self, service: &str) -> String {
+        let configured = match service {
+            "catalog" => &self.databases.catalog,
+            "orders" => &self.databases.orders,
+            "inventory" => &self.databases.inventory,
+            "payments" => &self.databases.payments,
+            "notifications" => &self.databases.notifications,
+            _ => &self.databases.log,
+        };
+        if configured.is_empty() {
+            format!(
+                "sqlite://{}",
+                self.data_dir.join(format!("{service}.db")).display()
+            )
+        } else {
+            configured.clone()
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut config = Config::default();
+        config.provider.decline_rate = 2.0;
+        config.consumer.concurrency = 0;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("provider.decline_rate"), "{message}");
+        assert!(message.contains("consumer.concurrency"), "{message}");
+    }
+
+    #[test]
+    fn services_default_to_sqlite_files_in_the_data_dir() {
+        let config = Config {
+            data_dir: "/tmp/x".into(),
+            ..Config::default()
+        };
+        assert_eq!(config.database_url("orders"), "sqlite:///tmp/x/orders.db");
+    }
+}

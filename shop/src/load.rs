@@ -1,0 +1,284 @@
+//! `shop demo`: realistic traffic against a running platform, then a report.
+//!
+//! Creates a few products, then sends a mix of order placements and reads for a given
+//! time. With `--rate` it is an open loop: request *i* is due at `start + i/rate` and its
+//! latency is measured from that due time, so a slow server cannot hide its queueing
+//! (no coordinated omission); `--concurrency` bounds requests in flight. With `--rate 0`
+//! it is a closed loop of `--concurrency` workers. At the end it waits for the placed
+//! orders to settle and counts how they ended.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use rand::Rng;
+use serde_json::{json, Value};
+
+/// Settings of a demo run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Base url of the platform.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub target: String,
+    /// Requests per second (open loop); 0 runs a closed loop as fast as it goes.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// How long to send, in seconds.
+    #[arg(long, default_value_t = 20)]
+    pub duration_secs: u64,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Share of requests that are reads (GET order / GET product), 0–1.
+    #[arg(long, default_value_t = 0.8)]
+    pub read_ratio: f64,
+    /// Products to create for the run.
+    #[arg(long, default_value_t = 20)]
+    pub products: usize,
+    /// Stock of each product (low values exercise out-of-stock cancellations).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub stock: i64,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    sent: AtomicU64,
+    errors: AtomicU64,
+    rejected_4xx: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub requests: u64,
+    pub elapsed: Duration,
+    pub errors: u64,
+    pub rejected_4xx: u64,
+    pub latency_us: Histogram<u64>,
+    pub orders_placed: usize,
+    pub confirmed: usize,
+    pub cancelled: usize,
+    pub pending: usize,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let q = |p: f64| self.latency_us.value_at_quantile(p) as f64 / 1000.0;
+        writeln!(
+            f,
+            "requests      {} in {:.1}s = {:.0} req/s",
+            self.requests,
+            self.elapsed.as_secs_f64(),
+            self.requests as f64 / self.elapsed.as_secs_f64()
+        )?;
+        writeln!(f, "latency       p50 {:.2} ms · p90 {:.2} ms · p99 {:.2} ms · p99.9 {:.2} ms · max {:.2} ms", q(0.5), q(0.9), q(0.99), q(0.999), self.latency_us.max() as f64 / 1000.0)?;
+        writeln!(
+            f,
+            "errors        {} (5xx or transport) · {} rejected (4xx)",
+            self.errors, self.rejected_4xx
+        )?;
+        write!(
+            f,
+            "orders        {} placed → {} confirmed · {} cancelled · {} still pending",
+            self.orders_placed, self.confirmed, self.cancelled, self.pending
+        )
+    }
+}
+
+pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
+    if !(0.0..=1.0).contains(&args.read_ratio) {
+        bail!("--read-ratio must be between 0 and 1");
+    }
+    if args.concurrency == 0 || args.products == 0 {
+        bail!("--concurrency and --products must be at least 1");
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let base = args.target.trim_end_matches('/').to_owned();
+    http.get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("the platform at {base} is not ready"))?;
+
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let mut products = Vec::new();
+    for i in 0..args.products {
+        let body = json!({"sku": format!("demo-{run_id}-{i}"), "name": format!("Demo product {i}"), "price_cents": 500 + 100 * i as i64, "currency": "EUR", "stock": args.stock});
+        let created: Value = http
+            .post(format!("{base}/v1/products"))
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        products.push(created["id"].as_str().unwrap_or_default().to_owned());
+    }
+    // Orders learn of products through events; wait until the last one is orderable.
+    let probe = json!({"customer_id": format!("demo-{run_id}-probe"), "lines": [{"product_id": products[products.len() - 1], "quantity": 1}]});
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    let probe_order: Value = loop {
+        let response = http
+            .post(format!("{base}/v1/orders"))
+            .json(&probe)
+            .send()
+            .await?;
+        if response.status().is_success() {
+            break response.json().await?;
+        }
+        if Instant::now() > ready_by {
+            bail!(
+                "products never became orderable: {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let orders: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(vec![probe_order["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()]));
+    let tally = Arc::new(Tally::default());
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1,
+        120_000_000,
+        3,
+    )?));
+    let duration = Duration::from_secs(args.duration_secs);
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(args.duration_secs)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len}s {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let products = Arc::new(products);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut i: u64 = 0;
+    loop {
+        let due = if args.rate > 0.0 {
+            start + Duration::from_secs_f64(i as f64 / args.rate)
+        } else {
+            Instant::now()
+        };
+        if due.duration_since(start) >= duration {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        i += 1;
+        if i.is_multiple_of(50) {
+            bar.set_position(start.elapsed().as_secs().min(args.duration_secs));
+            bar.set_message(format!("{} requests", tally.sent.load(Ordering::Relaxed)));
+        }
+        let (http, base, orders, tally, histogram, products) = (
+            http.clone(),
+            base.clone(),
+            orders.clone(),
+            tally.clone(),
+            histogram.clone(),
+            products.clone(),
+        );
+        let read = rand::thread_rng().gen_bool(args.read_ratio);
+        let run_id = run_id.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let request = if read {
+                let order = { let o = orders.lock().unwrap_or_else(|p| p.into_inner()); o[rand::thread_rng().gen_range(0..o.len())].clone() };
+                if rand::thread_rng().gen_bool(0.5) {
+                    http.get(format!("{base}/v1/orders/{order}"))
+                } else {
+                    let product = &products[rand::thread_rng().gen_range(0..products.len())];
+                    http.get(format!("{base}/v1/products/{product}"))
+                }
+            } else {
+                let mut rng = rand::thread_rng();
+                let lines: Vec<Value> = (0..rng.gen_range(1..=3))
+                    .map(|_| json!({"product_id": products[rng.gen_range(0..products.len())], "quantity": rng.gen_range(1..=3)}))
+                    .collect();
+                http.post(format!("{base}/v1/orders"))
+                    .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+                    .json(&json!({"customer_id": format!("demo-{run_id}-{}", rng.gen_range(0..1000)), "lines": lines}))
+            };
+            tally.sent.fetch_add(1, Ordering::Relaxed);
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    if !read {
+                        if let Ok(body) = response.json::<Value>().await {
+                            if let Some(id) = body["id"].as_str() {
+                                orders.lock().unwrap_or_else(|p| p.into_inner()).push(id.to_owned());
+                            }
+                        }
+                    }
+                }
+                Ok(response) if response.status().is_client_error() => {
+                    tally.rejected_4xx.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let latency = due.elapsed().as_micros() as u64;
+            let _ = histogram.lock().unwrap_or_else(|p| p.into_inner()).record(latency.max(1));
+        });
+        while tasks.len() > args.concurrency * 4 {
+            tasks.join_next().await;
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+
+    // Let the sagas finish, then count outcomes.
+    let placed: Vec<String> = orders.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let settle_by = Instant::now() + Duration::from_secs(60);
+    let (mut confirmed, mut cancelled, mut pending);
+    loop {
+        (confirmed, cancelled, pending) = (0, 0, 0);
+        for id in &placed {
+            let status = match http.get(format!("{base}/v1/orders/{id}")).send().await {
+                Ok(r) => r
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["status"].as_str().map(str::to_owned)),
+                Err(_) => None,
+            };
+            match status.as_deref() {
+                Some("CONFIRMED") => confirmed += 1,
+                Some("CANCELLED") => cancelled += 1,
+                _ => pending += 1,
+            }
+        }
+        if pending == 0 || Instant::now() > settle_by {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let latency_us = histogram.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(Report {
+        requests: tally.sent.load(Ordering::Relaxed),
+        elapsed,
+        errors: tally.errors.load(Ordering::Relaxed),
+        rejected_4xx: tally.rejected_4xx.load(Ordering::Relaxed),
+        latency_us,
+        orders_placed: placed.len(),
+        confirmed,
+        cancelled,
+        pending,
+    })
+}

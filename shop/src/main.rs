@@ -1,0 +1,133 @@
+//! The `shop` command: `serve` (the default) runs the platform, `provider` runs the
+//! simulated payment provider alone, `demo` drives traffic against a running platform.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use shop::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "shop", about = "The Eddy reference order platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole platform (the default).
+    Serve(ServeArgs),
+    /// Run only the simulated payment provider.
+    Provider(ServeArgs),
+    /// Send realistic traffic to a running platform and report.
+    Demo(shop::load::LoadArgs),
+}
+
+#[derive(Debug, Default, clap::Args)]
+struct ServeArgs {
+    /// A TOML configuration file (see docs/configuration.md).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Overrides `data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Overrides `server.listen` (or `provider.listen` for `provider`).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+}
+
+fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(args).await,
+        Command::Provider(args) => provider(args).await,
+        Command::Demo(args) => match shop::load::run(args).await {
+            Ok(report) => {
+                println!("{report}");
+                Ok(())
+            }
+            Err(error) => Err(error),
+        },
+    };
+    if let Err(error) = result {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = load_config(&args)?;
+    shop::telemetry::init_logs(&config.log_level, config.log_json);
+    let data_dir = config.data_dir.clone();
+    let platform = shop::app::start(config).await?;
+    let base = format!("http://{}", platform.api_addr);
+    println!(
+        "Eddy shop is running on embedded defaults (data in {}).",
+        data_dir.display()
+    );
+    println!("  API        {base}/v1/products, {base}/v1/orders  (OpenAPI: {base}/openapi.json)");
+    println!("  health     {base}/health/live, {base}/health/ready");
+    println!("  metrics    {base}/metrics");
+    if let Some(provider) = platform.provider_addr {
+        println!("  provider   http://{provider}/v1/charges (simulated payment provider)");
+    }
+    println!("  try        cargo run --release -p shop -- demo --target {base}");
+    println!("listening on {base}");
+    shutdown_signal().await;
+    println!("shutting down: draining requests and messages…");
+    platform.stop().await?;
+    println!("stopped cleanly");
+    Ok(())
+}
+
+async fn provider(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = load_config(&args)?;
+    if let Some(listen) = args.listen {
+        config.provider.listen = listen;
+    }
+    shop::telemetry::init_logs(&config.log_level, config.log_json);
+    let listener = tokio::net::TcpListener::bind(config.provider.listen).await?;
+    println!(
+        "payment provider listening on http://{}",
+        listener.local_addr()?
+    );
+    let router = shop::provider::Provider::new(config.provider).router();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

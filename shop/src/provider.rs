@@ -1,0 +1,152 @@
+//! The simulated payment provider: a separate HTTP service with configurable latency,
+//! decline rate and error rate. `POST /v1/charges` with an `Idempotency-Key` header
+//! answers a repeated key with the first answer, as real providers do.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ProviderConfig;
+use crate::problem::{problem, ApiJson};
+
+/// Answers remembered for idempotency keys; the oldest are forgotten beyond this.
+pub const REMEMBERED_KEYS_MAX: usize = 1_000_000;
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    config: ProviderConfig,
+    answers: Arc<Mutex<Answers>>,
+}
+
+#[derive(Debug, Default)]
+struct Answers {
+    by_key: HashMap<String, (StatusCode, ChargeAnswer)>,
+    order: VecDeque<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChargeRequest {
+    pub amount_cents: i64,
+    pub currency: String,
+    pub reference: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChargeAnswer {
+    pub id: String,
+    pub status: &'static str,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub reference: String,
+}
+
+impl Provider {
+    pub fn new(config: ProviderConfig) -> Self {
+        Self {
+            config,
+            answers: Arc::default(),
+        }
+    }
+
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/v1/charges", post(charge))
+            .route("/health", get(|| async { "ok" }))
+            .with_state(self)
+    }
+}
+
+async fn charge(
+    State(provider): State<Provider>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<ChargeRequest>,
+) -> Response {
+    let Some(key) = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "missing-idempotency-key",
+            "Idempotency-Key is required",
+            None,
+        );
+    };
+    if request.amount_cents <= 0 {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-amount",
+            "amount_cents must be positive",
+            None,
+        );
+    }
+    if let Some((status, answer)) = provider.remembered(&key) {
+        return (status, Json(answer)).into_response();
+    }
+    tokio::time::sleep(Duration::from_millis(provider.config.latency_ms)).await;
+    let (error, declined) = {
+        let mut rng = rand::thread_rng();
+        (
+            rng.gen_bool(provider.config.error_rate),
+            rng.gen_bool(provider.config.decline_rate),
+        )
+    };
+    if error {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Provider unavailable (simulated)",
+            None,
+        );
+    }
+    let answer = ChargeAnswer {
+        id: format!("ch_{}", uuid::Uuid::now_v7().simple()),
+        status: if declined { "declined" } else { "captured" },
+        amount_cents: request.amount_cents,
+        currency: request.currency,
+        reference: request.reference,
+    };
+    // Two racing requests with one key: the first remembered answer wins for both.
+    let (status, answer) = provider.remember(key, StatusCode::CREATED, answer);
+    (status, Json(answer)).into_response()
+}
+
+impl Provider {
+    fn remembered(&self, key: &str) -> Option<(StatusCode, ChargeAnswer)> {
+        self.answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_key
+            .get(key)
+            .cloned()
+    }
+
+    fn remember(
+        &self,
+        key: String,
+        status: StatusCode,
+        answer: ChargeAnswer,
+    ) -> (StatusCode, ChargeAnswer) {
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(first) = answers.by_key.get(&key) {
+            return first.clone();
+        }
+        answers.by_key.insert(key.clone(), (status, answer.clone()));
+        answers.order.push_back(key);
+        while answers.order.len() > REMEMBERED_KEYS_MAX {
+            if let Some(oldest) = answers.order.pop_front() {
+                answers.by_key.remove(&oldest);
+            }
+        }
+        (status, answer)
+    }
+}

@@ -1,0 +1,72 @@
+//! Logs, metrics and the handler timing wrapper.
+//!
+//! Metrics (Prometheus text at `/metrics`): `http_requests_total` and
+//! `http_request_duration_seconds` by route and status; `event_processing_duration_seconds`
+//! and `events_failed_total` by consumer and event type; `events_published_total` by
+//! service (relay); `events_dead_lettered_total` by consumer; `consumer_lag_messages`
+//! by group and topic; `outbox_pending_messages` by service.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use eddy_core::{async_trait, Envelope, Event, Handler, HandlerError};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| {
+            let buckets = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            match PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .and_then(|b| b.install_recorder())
+            {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    tracing::warn!(%error, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Installs the log subscriber: JSON lines or text, filtered by `level`.
+pub fn init_logs(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Times a handler and counts its failures.
+#[derive(Debug, Clone)]
+pub struct Timed<H> {
+    pub consumer: &'static str,
+    pub inner: H,
+}
+
+#[async_trait]
+impl<E: Event, H: Handler<E>> Handler<E> for Timed<H> {
+    async fn handle(&self, event: E, envelope: &Envelope) -> Result<(), HandlerError> {
+        let started = Instant::now();
+        let result = self.inner.handle(event, envelope).await;
+        metrics::histogram!("event_processing_duration_seconds", "consumer" => self.consumer, "event_type" => E::TYPE)
+            .record(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            metrics::counter!("events_failed_total", "consumer" => self.consumer, "event_type" => E::TYPE, "kind" => error.kind().to_string())
+                .increment(1);
+        }
+        result
+    }
+}
