@@ -152,9 +152,15 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
         inventory: open_service(&config, "inventory", inventory::MIGRATIONS).await?,
         payments: open_service(&config, "payments", payments::MIGRATIONS).await?,
         notifications: open_service(&config, "notifications", notifications::MIGRATIONS).await?,
-        log: Log::open(open_db(&config, "log").await?, LogConfig::default())
-            .await
-            .context("cannot open the embedded log")?,
+        log: Log::open(
+            open_db(&config, "log").await?,
+            LogConfig {
+                instance_id: Some(config.instance_id.clone()),
+                ..LogConfig::default()
+            },
+        )
+        .await
+        .context("cannot open the embedded log")?,
     };
     for topic in [CATALOG_TOPIC, ORDERS_TOPIC, INVENTORY_TOPIC, PAYMENTS_TOPIC] {
         services

@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Where the SQLite files live. Default `data`.
     pub data_dir: PathBuf,
+    /// This process's name in consumer groups; it must survive restarts and differ
+    /// between processes sharing a broker. A restarted process takes its partitions back
+    /// at once under the same name. Default `shop`.
+    pub instance_id: String,
     pub server: ServerConfig,
     pub databases: DatabasesConfig,
     pub provider: ProviderConfig,
@@ -120,6 +124,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("data"),
+            instance_id: "shop".to_owned(),
             server: ServerConfig::default(),
             databases: DatabasesConfig {
                 max_connections: 8,

@@ -37,6 +37,13 @@ pub struct LogConfig {
     pub retention: Duration,
     /// Rows per `INSERT` statement (bounded by SQLite's parameter limit). Default 500.
     pub insert_chunk_len: usize,
+    /// A name for this process that survives its restarts (for example the service
+    /// and host name). When set, member ids are `<instance_id>/<group>/<topic>/<n>`
+    /// (n counts subscriptions of this `Log` to that group and topic), so a process
+    /// restarted after a crash takes its partitions back at once instead of waiting
+    /// `session_timeout` for its old leases to expire. Two live processes must never
+    /// share an instance id. Default: none (a fresh UUIDv7 per member).
+    pub instance_id: Option<String>,
 }
 
 impl Default for LogConfig {
@@ -49,6 +56,7 @@ impl Default for LogConfig {
             session_timeout: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 24 * 3600),
             insert_chunk_len: 500,
+            instance_id: None,
         }
     }
 }
@@ -64,6 +72,7 @@ pub(crate) struct LogInner {
     pub(crate) config: LogConfig,
     pub(crate) clock: Arc<dyn Clock>,
     partitions: Mutex<HashMap<String, u32>>,
+    members: Mutex<HashMap<(String, String), u32>>,
 }
 
 impl fmt::Debug for Log {
@@ -110,8 +119,29 @@ impl Log {
                 config,
                 clock,
                 partitions: Mutex::new(HashMap::new()),
+                members: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The member id of the next subscription to `group` on `topic`.
+    pub(crate) fn member_id_for(&self, group: &str, topic: &str) -> String {
+        match &self.inner.config.instance_id {
+            None => uuid::Uuid::now_v7().to_string(),
+            Some(instance) => {
+                let mut members = self
+                    .inner
+                    .members
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let n = members
+                    .entry((group.to_owned(), topic.to_owned()))
+                    .or_insert(0);
+                let id = format!("{instance}/{group}/{topic}/{n}");
+                *n += 1;
+                id
+            }
+        }
     }
 
     pub fn db(&self) -> &Db {

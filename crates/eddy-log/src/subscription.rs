@@ -26,7 +26,6 @@ use std::sync::{Arc, Weak};
 use eddy_sql::signal::SignalReceiver;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::log::{Log, SIGNAL};
 
@@ -86,11 +85,12 @@ struct Owned {
 impl LogSubscription {
     pub(crate) fn new(log: Log, topic: &str, group: &str, partitions: u32) -> Self {
         let signal = log.db().subscribe_signal(SIGNAL);
+        let member_id = log.member_id_for(group, topic);
         let member = Arc::new(Member {
             log,
             topic: topic.to_owned(),
             group: group.to_owned(),
-            member_id: Uuid::now_v7().to_string(),
+            member_id,
             partitions,
             state: Mutex::new(State {
                 owned: BTreeMap::new(),

@@ -117,3 +117,38 @@ mod retention {
         records_older_than_the_retention_are_purged(TestDb::postgres().await).await;
     }
 }
+
+mod restart {
+    use super::*;
+    use eddy_testkit::conformance::receive;
+    use eddy_testkit::events::Numbered;
+
+    /// With a stable instance id, a process restarted after a crash takes its
+    /// partitions back at once rather than after the session timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_instance_takes_its_partitions_back_at_once() {
+        let db = TestDb::sqlite().await;
+        let config = LogConfig {
+            instance_id: Some("node-a".to_owned()),
+            session_timeout: Duration::from_secs(600),
+            ..config()
+        };
+        let log = Log::open(db.db().clone(), config.clone()).await.unwrap();
+        log.publish("t", &Numbered::interleaved(4, 3))
+            .await
+            .unwrap();
+        let first = log.subscribe("t", "g").await.unwrap();
+        receive(first.as_ref(), 12, false).await;
+        drop(first); // crash: no close, leases held for ten minutes
+
+        let restarted = Log::open(db.connect_again().await, config).await.unwrap();
+        let second = restarted.subscribe("t", "g").await.unwrap();
+        let again =
+            tokio::time::timeout(Duration::from_secs(10), receive(second.as_ref(), 12, true)).await;
+        assert!(
+            again.is_ok(),
+            "the restarted instance waited for its own leases to expire"
+        );
+        second.close().await.unwrap();
+    }
+}

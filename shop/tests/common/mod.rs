@@ -1,0 +1,157 @@
+//! Black-box helpers: the platform on port 0 with a fresh data directory per test.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shop::app::Platform;
+use shop::config::Config;
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    platform: Option<Platform>,
+    _dir: tempfile::TempDir,
+}
+
+/// Test settings: port 0 everywhere, a fast provider that never declines, quick retries.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config {
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.provider.listen = "127.0.0.1:0".parse().unwrap();
+    config.provider.latency_ms = 1;
+    config.provider.decline_rate = 0.0;
+    config.consumer.backoff_initial_ms = 20;
+    config.consumer.backoff_max_ms = 200;
+    config.databases.sqlite_synchronous = "normal".to_owned();
+    config.log_level = "warn".to_owned();
+    config
+}
+
+pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    tweak(&mut config);
+    let platform = shop::app::start(config).await.expect("the platform starts");
+    TestApp {
+        base: format!("http://{}", platform.api_addr),
+        http: reqwest::Client::new(),
+        platform: Some(platform),
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub async fn stop(mut self) {
+        if let Some(platform) = self.platform.take() {
+            platform.stop().await.expect("a clean shutdown");
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a product and waits until orders accept it (orders learn of it by event).
+    pub async fn product(&self, price_cents: i64, stock: i64) -> String {
+        let sku = format!("sku-{}", uuid::Uuid::now_v7().simple());
+        let response = self
+            .post("/v1/products", &json!({"sku": sku, "name": "Thing", "price_cents": price_cents, "currency": "EUR", "stock": stock}))
+            .await;
+        assert_eq!(response.status(), 201);
+        let product: Value = response.json().await.unwrap();
+        product["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Places an order, retrying while the product is not yet known to orders.
+    pub async fn order(&self, customer: &str, lines: Value, key: Option<&str>) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut request = self
+                .http
+                .post(format!("{}/v1/orders", self.base))
+                .json(&json!({"customer_id": customer, "lines": lines}));
+            if let Some(key) = key {
+                request = request.header("idempotency-key", key);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            if status == 202 {
+                return body;
+            }
+            assert!(
+                status == 422
+                    && body["type"]
+                        .as_str()
+                        .unwrap_or("")
+                        .ends_with("unknown-product")
+                    && tokio::time::Instant::now() < deadline,
+                "order rejected: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls the order until it leaves PENDING.
+    pub async fn settled(&self, order_id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, order) = self.get_json(&format!("/v1/orders/{order_id}")).await;
+            assert_eq!(status, 200);
+            if order["status"] != "PENDING" {
+                return order;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order {order_id} never settled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until the product shows `stock`.
+    pub async fn wait_stock(&self, product_id: &str, stock: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, product) = self.get_json(&format!("/v1/products/{product_id}")).await;
+            if product["stock"] == stock {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stock stayed {} instead of {stock}",
+                product["stock"]
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn charges(&self, order_id: &str) -> Vec<Value> {
+        let (status, body) = self
+            .get_json(&format!("/v1/payments?order_id={order_id}"))
+            .await;
+        assert_eq!(status, 200);
+        body["items"].as_array().unwrap().clone()
+    }
+}
