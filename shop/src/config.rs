@@ -348,3 +348,23 @@ mod tests {
         assert_eq!(config.database_url("orders"), "sqlite:///tmp/x/orders.db");
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The shipped example must parse and equal the defaults it documents.
+    #[test]
+    fn the_example_file_documents_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("shop.example.toml");
+        let from_file: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(&path))
+            .extract()
+            .unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            serde_json::to_value(&from_file).unwrap(),
+            serde_json::to_value(&defaults).unwrap()
+        );
+    }
+}

@@ -13,8 +13,17 @@ use eddy_sql::{classify, envelope_row, Db, Tx};
 use crate::schema::MIGRATIONS;
 use crate::subscription::LogSubscription;
 
-/// The signal channel appends bump at commit; subscriptions wait on it.
-pub(crate) const SIGNAL: &str = "eddy_log";
+/// The signal channel of `topic`: appends bump it at commit, and only that topic's
+/// subscriptions wake. (PostgreSQL channel names end at 63 bytes; longer topic names
+/// are replaced by their hash.)
+pub(crate) fn signal_channel(topic: &str) -> String {
+    let plain = format!("eddy_log.{topic}");
+    if plain.len() <= 63 {
+        plain
+    } else {
+        format!("eddy_log.#{:016x}", fnv1a(topic.as_bytes()))
+    }
+}
 
 /// Settings of the embedded log. Every field has a documented default.
 #[derive(Debug, Clone)]
@@ -84,14 +93,20 @@ impl fmt::Debug for Log {
     }
 }
 
-/// The partition of `key` among `partitions`: FNV-1a, stable across processes and
-/// versions (it decides where history lives, so it must never change).
-pub fn partition_for_key(key: &str, partitions: u32) -> u32 {
+/// 64-bit FNV-1a.
+fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.as_bytes() {
+    for byte in bytes {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
+    hash
+}
+
+/// The partition of `key` among `partitions`: FNV-1a, stable across processes and
+/// versions (it decides where history lives, so it must never change).
+pub fn partition_for_key(key: &str, partitions: u32) -> u32 {
+    let hash = fnv1a(key.as_bytes());
     // The remainder is below `partitions`, so it fits.
     u32::try_from(hash % u64::from(partitions.max(1))).unwrap_or(0)
 }
@@ -365,7 +380,7 @@ impl Log {
                     .map_err(|e| classify("cannot append records", e))?;
             }
         }
-        tx.signal_on_commit(SIGNAL).await?;
+        tx.signal_on_commit(&signal_channel(topic)).await?;
         Ok(positions)
     }
 

@@ -27,7 +27,7 @@ use eddy_sql::signal::SignalReceiver;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::log::{Log, SIGNAL};
+use crate::log::{signal_channel, Log};
 
 /// One member's view of a topic in a consumer group. Create it with
 /// [`eddy_core::Subscriber::subscribe`] on a [`Log`].
@@ -84,7 +84,7 @@ struct Owned {
 
 impl LogSubscription {
     pub(crate) fn new(log: Log, topic: &str, group: &str, partitions: u32) -> Self {
-        let signal = log.db().subscribe_signal(SIGNAL);
+        let signal = log.db().subscribe_signal(&signal_channel(topic));
         let member_id = log.member_id_for(group, topic);
         let member = Arc::new(Member {
             log,
@@ -461,7 +461,7 @@ impl Member {
         }
         tx.commit().await?;
         // Other members learn of the departure at their next heartbeat.
-        self.log.db().signal(SIGNAL);
+        self.log.db().signal(&signal_channel(&self.topic));
         Ok(())
     }
 }
