@@ -12,6 +12,10 @@ pub enum ErrorKind {
     Transient,
     /// The same call will fail again: bad input, an undecodable payload, a rule violation.
     Permanent,
+    /// A dependency is known to be down (its circuit breaker is open): the work was not
+    /// attempted. The runtime pauses and tries again without spending an attempt, so an
+    /// outage does not burn messages into the dead-letter topic.
+    Unavailable,
 }
 
 impl fmt::Display for ErrorKind {
@@ -19,6 +23,7 @@ impl fmt::Display for ErrorKind {
         f.write_str(match self {
             ErrorKind::Transient => "transient",
             ErrorKind::Permanent => "permanent",
+            ErrorKind::Unavailable => "unavailable",
         })
     }
 }
@@ -62,8 +67,9 @@ impl Error {
         self.kind
     }
 
+    /// Transient or unavailable: worth trying again later.
     pub fn is_transient(&self) -> bool {
-        self.kind == ErrorKind::Transient
+        matches!(self.kind, ErrorKind::Transient | ErrorKind::Unavailable)
     }
 }
 

@@ -33,6 +33,15 @@ impl HandlerError {
         }
     }
 
+    /// The dependency is known to be down (an open circuit breaker); see
+    /// [`ErrorKind::Unavailable`].
+    pub fn unavailable(source: impl Into<Source>) -> Self {
+        Self {
+            kind: ErrorKind::Unavailable,
+            source: source.into(),
+        }
+    }
+
     pub fn permanent(source: impl Into<Source>) -> Self {
         Self {
             kind: ErrorKind::Permanent,

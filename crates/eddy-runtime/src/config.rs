@@ -58,6 +58,10 @@ pub struct ConsumerConfig {
     pub dead_letter_topic: Option<String>,
     /// Seed of the backoff jitter, for reproducible tests. Default: from the OS.
     pub jitter_seed: Option<u64>,
+    /// How long a key waits before trying again when its handler reports the dependency
+    /// unavailable (an open breaker); the wait is jittered between half and all of it.
+    /// Such tries spend no attempt. Default 1 s.
+    pub unavailable_pause: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -71,6 +75,7 @@ impl Default for ConsumerConfig {
             retry: RetryPolicy::default(),
             dead_letter_topic: None,
             jitter_seed: None,
+            unavailable_pause: Duration::from_secs(1),
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct ConsumerStats {
     pub dead_lettered: AtomicU64,
     /// Commits made.
     pub commits: AtomicU64,
+    /// Pauses because a dependency was unavailable (its breaker open).
+    pub paused: AtomicU64,
 }
 
 impl ConsumerStats {
@@ -47,6 +49,9 @@ impl ConsumerStats {
     }
     pub fn skipped(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
+    }
+    pub fn paused(&self) -> u64 {
+        self.paused.load(Ordering::Relaxed)
     }
 }
 
@@ -417,6 +422,25 @@ async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
                 eddy_core::HandlerError::permanent(format!("handler panicked: {text}"))
             }
         };
+        if error.kind() == ErrorKind::Unavailable {
+            // The dependency is down and the handler did not try: wait for it, spending
+            // no attempt. The breaker lets one probe through when it half-opens; the
+            // other keys keep waiting here until it closes.
+            attempt -= 1;
+            shared.stats.paused.fetch_add(1, Ordering::Relaxed);
+            let pause = {
+                let mut rng = shared.jitter.lock().unwrap_or_else(|p| p.into_inner());
+                shared
+                    .config
+                    .unavailable_pause
+                    .mul_f64(rng.gen_range(0.5..=1.0))
+            };
+            tracing::debug!(event_id = %envelope.id, ?pause, %error, "dependency unavailable; pausing");
+            tokio::select! {
+                _ = shared.abandon.cancelled() => return Outcome::Abandoned,
+                _ = tokio::time::sleep(pause) => continue,
+            }
+        }
         let now = shared.clock.now();
         let first_at = *first_failure.get_or_insert(now);
         if error.kind() == ErrorKind::Transient && attempt < retry.attempts_max {

@@ -6,7 +6,7 @@ use eddy_core::{Error, ErrorKind};
 pub fn classify(context: impl Into<String>, error: sqlx::Error) -> Error {
     let kind = kind_of(&error);
     let base = match kind {
-        ErrorKind::Transient => Error::transient(context),
+        ErrorKind::Transient | ErrorKind::Unavailable => Error::transient(context),
         ErrorKind::Permanent => Error::permanent(context),
     };
     base.with_source(error)
