@@ -21,6 +21,7 @@ use axum::{Json, Router};
 use eddy_core::{Event, Publisher, Subscriber};
 use eddy_log::{Log, LogConfig};
 use eddy_outbox::{Relay, RelayConfig, RelayStats};
+use eddy_resilience::{BulkheadLayer, Deadline, Overloaded};
 use eddy_runtime::{Consumer, ConsumerConfig, ConsumerStats, RetryPolicy};
 use eddy_sql::{Db, DbConfig, SqliteSynchronous, Transactional};
 use tokio::task::JoinHandle;
@@ -465,10 +466,26 @@ fn router(config: &Config, services: Services) -> Router {
             )
         })
         .layer(middleware::from_fn(record_http));
-    api.layer(
+    let budget = config.request_timeout();
+    api.layer(middleware::from_fn(move |request: Request, next: Next| {
+        propagate_deadline(budget, request, next)
+    }))
+    .layer(
         ServiceBuilder::new()
             .layer(HandleErrorLayer::new(|error: tower::BoxError| async move {
-                if error.is::<tower::timeout::error::Elapsed>() {
+                if error.is::<Overloaded>() {
+                    let mut response = problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        "Too many requests in progress; try again shortly",
+                        None,
+                    );
+                    response.headers_mut().insert(
+                        axum::http::header::RETRY_AFTER,
+                        axum::http::HeaderValue::from_static("1"),
+                    );
+                    response
+                } else if error.is::<tower::timeout::error::Elapsed>() {
                     problem(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "timeout",
@@ -478,18 +495,44 @@ fn router(config: &Config, services: Services) -> Router {
                 } else {
                     problem(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "overloaded",
+                        "unavailable",
                         "Temporarily unavailable",
                         None,
                     )
                 }
             }))
+            // Load shedding: beyond the limit and an equal queue, answer 503 at once.
+            .layer(BulkheadLayer::new(
+                "http",
+                config.server.concurrency_limit,
+                config.server.concurrency_limit,
+            ))
             .timeout(config.request_timeout())
-            .concurrency_limit(config.server.concurrency_limit)
             .layer(axum::extract::DefaultBodyLimit::max(
                 config.server.body_limit_bytes,
             )),
     )
+}
+
+/// Runs the request under its deadline: the caller's `eddy-deadline` header or our own
+/// request budget, whichever is sooner. Work whose deadline already passed is refused.
+async fn propagate_deadline(budget: Duration, request: Request, next: Next) -> Response {
+    let own = Deadline::after(budget);
+    let deadline = request
+        .headers()
+        .get(eddy_resilience::deadline::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Deadline::from_header)
+        .map_or(own, |theirs| theirs.min(own));
+    if deadline.is_expired() {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "deadline-exceeded",
+            "The request's deadline has passed",
+            None,
+        );
+    }
+    deadline.scope(next.run(request)).await
 }
 
 async fn record_http(request: Request, next: Next) -> Response {

@@ -6,7 +6,14 @@
 //! idempotency key, so a redelivered `StockReserved` or a retried call returns the
 //! first answer. The outcome and its event commit together, only from `pending`.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use eddy_resilience::{
+    BulkheadLayer, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, Deadline,
+    DeadlineExceeded, DeadlineLayer, RetryConfig, RetryLayer, RetrySafe,
+};
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 use axum::extract::{Query, State};
 use axum::routing::get;
@@ -28,11 +35,19 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 
 const CHARGES: &str = "CREATE TABLE IF NOT EXISTS charges (id TEXT PRIMARY KEY, order_id TEXT NOT NULL UNIQUE, amount_cents BIGINT NOT NULL, currency TEXT NOT NULL, status TEXT NOT NULL, provider_charge_id TEXT, reason TEXT, created_at_us BIGINT NOT NULL, updated_at_us BIGINT NOT NULL)";
 
-/// Talks to the payment provider.
+/// One charge request to the provider. Always carries an idempotency key (the order
+/// id), which is what makes retrying it safe.
 #[derive(Debug, Clone)]
-pub struct ProviderClient {
-    http: reqwest::Client,
-    base_url: String,
+pub struct ChargeCall {
+    pub idempotency_key: String,
+    pub amount_cents: i64,
+    pub currency: String,
+}
+
+impl RetrySafe for ChargeCall {
+    fn retry_safe(&self) -> bool {
+        !self.idempotency_key.is_empty()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -63,63 +78,157 @@ pub enum ChargeOutcome {
     },
 }
 
+/// The provider failed (a 5xx, a 429, an unreadable answer, no connection): the kind of
+/// failure the breaker counts and a retry may cure.
+#[derive(Debug)]
+pub struct ProviderFailed(pub String);
+
+impl std::fmt::Display for ProviderFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ProviderFailed {}
+
+/// The bare HTTP call, as a tower service the resilience layers wrap.
+#[derive(Debug, Clone)]
+struct HttpProvider {
+    http: reqwest::Client,
+    base_url: Arc<str>,
+}
+
+impl Service<ChargeCall> for HttpProvider {
+    type Response = ChargeOutcome;
+    type Error = BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<ChargeOutcome, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: ChargeCall) -> Self::Future {
+        let (http, base_url) = (self.http.clone(), self.base_url.clone());
+        Box::pin(async move {
+            let response = http
+                .post(format!("{base_url}/v1/charges"))
+                .header("idempotency-key", &call.idempotency_key)
+                .json(&ChargeRequest {
+                    amount_cents: call.amount_cents,
+                    currency: &call.currency,
+                    reference: &call.idempotency_key,
+                })
+                .send()
+                .await
+                .map_err(|e| ProviderFailed(format!("payment provider unreachable: {e}")))?;
+            let status = response.status();
+            if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                return Err(ProviderFailed(format!("payment provider answered {status}")).into());
+            }
+            if status.is_client_error() {
+                let detail = response.text().await.unwrap_or_default();
+                return Ok(ChargeOutcome::Rejected {
+                    detail: format!("{status}: {detail}"),
+                });
+            }
+            let body: ChargeResponse = response
+                .json()
+                .await
+                .map_err(|e| ProviderFailed(format!("unreadable provider answer: {e}")))?;
+            Ok(match body.status.as_str() {
+                "captured" => ChargeOutcome::Captured {
+                    provider_id: body.id,
+                },
+                _ => ChargeOutcome::Declined {
+                    provider_id: body.id,
+                },
+            })
+        })
+    }
+}
+
+/// The payment provider behind Eddy's defences: a bulkhead (64 calls at once, 256
+/// waiting), budgeted retries (2 attempts, at most 10 % extra calls), a circuit breaker
+/// (5 failures in 60 s open it for 30 s) and a deadline (each attempt bounded by the
+/// time left and by `timeout`).
+#[derive(Clone)]
+pub struct ProviderClient {
+    service: tower::util::BoxCloneSyncService<ChargeCall, ChargeOutcome, BoxError>,
+    breaker: CircuitBreaker,
+}
+
+impl std::fmt::Debug for ProviderClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderClient")
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ProviderClient {
     pub fn new(base_url: impl Into<String>, timeout: Duration) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
-            .timeout(timeout)
+            // A backstop only: the deadline layer cuts calls first.
+            .timeout(timeout + Duration::from_secs(1))
             .pool_max_idle_per_host(64)
             .build()?;
+        let breaker = CircuitBreaker::new(CircuitBreakerConfig {
+            name: "payment-provider".to_owned(),
+            ..CircuitBreakerConfig::default()
+        });
+        let service = ServiceBuilder::new()
+            .layer(BulkheadLayer::new("payment-provider", 64, 256))
+            .layer(RetryLayer::new(RetryConfig::default()))
+            .layer(
+                CircuitBreakerLayer::new(breaker.clone()).classify(|e| !e.is::<DeadlineExceeded>()),
+            )
+            .layer(DeadlineLayer {
+                call_max: timeout,
+                ..DeadlineLayer::default()
+            })
+            .service(HttpProvider {
+                http,
+                base_url: Arc::from(base_url.into().trim_end_matches('/')),
+            });
         Ok(Self {
-            http,
-            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            service: tower::util::BoxCloneSyncService::new(service),
+            breaker,
         })
     }
 
-    /// Charges `amount_cents`; `idempotency_key` makes a repeated call return the first answer.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+
+    /// Charges `amount_cents`; `idempotency_key` makes a repeated call return the first
+    /// answer. An open breaker is reported as [`eddy_core::ErrorKind::Unavailable`], so the
+    /// consumer pauses instead of burning its attempts.
     pub async fn charge(
         &self,
         idempotency_key: &str,
         amount_cents: i64,
         currency: &str,
     ) -> Result<ChargeOutcome, HandlerError> {
-        let response = self
-            .http
-            .post(format!("{}/v1/charges", self.base_url))
-            .header("idempotency-key", idempotency_key)
-            .json(&ChargeRequest {
-                amount_cents,
-                currency,
-                reference: idempotency_key,
-            })
-            .send()
-            .await
-            .map_err(|e| HandlerError::transient(format!("payment provider unreachable: {e}")))?;
-        let status = response.status();
-        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            return Err(HandlerError::transient(format!(
-                "payment provider answered {status}"
-            )));
+        let call = ChargeCall {
+            idempotency_key: idempotency_key.to_owned(),
+            amount_cents,
+            currency: currency.to_owned(),
+        };
+        match self.service.clone().oneshot(call).await {
+            Ok(outcome) => Ok(outcome),
+            Err(error) if self.breaker.is_dependency_down(&error) => {
+                Err(HandlerError::unavailable(error))
+            }
+            Err(error) => Err(HandlerError::transient(error)),
         }
-        if status.is_client_error() {
-            let detail = response.text().await.unwrap_or_default();
-            return Ok(ChargeOutcome::Rejected {
-                detail: format!("{status}: {detail}"),
-            });
-        }
-        let body: ChargeResponse = response
-            .json()
-            .await
-            .map_err(|e| HandlerError::transient(format!("unreadable provider answer: {e}")))?;
-        Ok(match body.status.as_str() {
-            "captured" => ChargeOutcome::Captured {
-                provider_id: body.id,
-            },
-            _ => ChargeOutcome::Declined {
-                provider_id: body.id,
-            },
-        })
     }
 }
+
+/// The time budget of one charge when the event carries no deadline.
+pub const DEFAULT_CHARGE_BUDGET: Duration = Duration::from_secs(5);
 
 /// Charges orders whose stock is reserved.
 #[derive(Debug, Clone)]
@@ -166,10 +275,20 @@ impl Handler<StockReserved> for Charge {
             .try_get("currency")
             .map_err(|e| classify("charge row", e))?;
 
-        // 2. Ask the provider; the order id makes a repeated ask harmless.
-        let outcome = self
-            .provider
-            .charge(&event.order_id, amount, &currency)
+        // 2. Ask the provider; the order id makes a repeated ask harmless. The event's
+        //    deadline, if it carries one, bounds the call.
+        let deadline = envelope
+            .headers
+            .get(eddy_core::Headers::DEADLINE)
+            .and_then(Deadline::from_header)
+            .unwrap_or_else(|| Deadline::after(DEFAULT_CHARGE_BUDGET));
+        if deadline.is_expired() {
+            return Err(HandlerError::permanent(
+                "the order's deadline passed before it could be charged",
+            ));
+        }
+        let outcome = deadline
+            .scope(self.provider.charge(&event.order_id, amount, &currency))
             .await?;
 
         // 3. Record the outcome and announce it, together, only once.

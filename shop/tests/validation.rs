@@ -152,3 +152,25 @@ async fn invalid_products_get_a_problem_and_write_nothing() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_deadline_passed_is_refused_and_writes_nothing() {
+    let app = spawn_app(|_| {}).await;
+    let response = app
+        .http
+        .post(format!("{}/v1/products", app.base))
+        .header("eddy-deadline", "2001-01-01T00:00:00Z")
+        .json(&json!({"sku": "late-1", "name": "Late", "price_cents": 100, "currency": "EUR", "stock": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let problem: Value = response.json().await.unwrap();
+    assert!(problem["type"]
+        .as_str()
+        .unwrap()
+        .ends_with("deadline-exceeded"));
+    let retry = app.post("/v1/products", &json!({"sku": "late-1", "name": "Late", "price_cents": 100, "currency": "EUR", "stock": 1})).await;
+    assert_eq!(retry.status(), 201, "the refused request wrote nothing");
+    app.stop().await;
+}

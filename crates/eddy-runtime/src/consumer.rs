@@ -396,6 +396,21 @@ async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
         shared.stats.skipped.fetch_add(1, Ordering::Relaxed);
         return Outcome::Finished;
     };
+    if let Some(deadline) = envelope.headers.deadline() {
+        let now = shared.clock.now();
+        if deadline <= now {
+            // Whoever waited for this work has given up: doing it now wastes capacity
+            // and may act on a decision already reversed. Park it where it can be seen.
+            let failure = Failure {
+                error: format!("deadline {deadline} passed before processing started"),
+                kind: ErrorKind::Permanent.to_string(),
+                attempts: 0,
+                first_at: now,
+                last_at: now,
+            };
+            return send_dead_letter(shared, delivery, &failure).await;
+        }
+    }
     let retry = &shared.config.retry;
     let mut first_failure = None;
     let mut attempt = 0u32;

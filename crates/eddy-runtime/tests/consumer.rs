@@ -445,6 +445,31 @@ async fn a_consumer_killed_before_it_commits_gets_the_event_again_with_one_effec
     );
 }
 
+async fn an_event_past_its_deadline_is_not_handled(db: TestDb) {
+    let log = open_log(&db).await;
+    let past = eddy_core::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    let expired = Numbered::envelope("k", 0).with_deadline(past);
+    let fresh = Numbered::envelope("k", 1).with_deadline(past + time::Duration::hours(1));
+    log.publish("orders", &[expired, fresh]).await.unwrap();
+    let recorder = Recorder::default();
+    let consumer = consumer(
+        &log,
+        "orders",
+        Router::new().route::<Numbered, _>(recorder.clone()),
+        fast_retries(),
+    );
+    let stats = consumer.stats();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(stop.clone()));
+    eventually("one handled, one dead-lettered", || {
+        stats.handled() == 1 && stats.dead_lettered() == 1
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(*recorder.seen.lock().unwrap(), vec![("k".to_owned(), 1)]);
+}
+
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -472,4 +497,5 @@ on_both_backends!(
     a_failing_key_does_not_hold_up_other_keys,
     the_same_event_delivered_twice_has_one_effect,
     a_consumer_killed_before_it_commits_gets_the_event_again_with_one_effect,
+    an_event_past_its_deadline_is_not_handled,
 );
