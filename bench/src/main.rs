@@ -1,64 +1,59 @@
 //! # eddy-bench — Eddy's benchmark program
 //!
-//! Measures, in one run and side by side with a baseline that does the same work
-//! without Eddy, the toolkit's storage paths on SQLite and PostgreSQL:
+//! "Fast" is a ratio measured side by side in one run (see `shared/BENCHMARKS.md`):
 //!
-//! - `append`: transactions that each append events to the outbox, at a given
-//!   concurrency, against the baseline of plain `INSERT`s of the same rows;
-//! - `relay`: draining an outbox backlog into the embedded log (in its own database);
-//! - `consume`: the consumer runtime reading the embedded log and committing, with a
-//!   no-op handler and with an idempotent handler that writes a row per event, against
-//!   the baseline of raw `SELECT`s of the same records.
-//!
-//! Runs are repeated (`--repeat`) and interleaved; medians are reported. Results go to
-//! standard output as a markdown table and, with `--json`, to a file.
+//! - `suite` runs the HTTP scenarios S1–S3 against their limits and peers: raw axum
+//!   (the baseline), Eddy (the platform's HTTP stack and resilience layers), fastify and
+//!   FastAPI, interleaved and repeated, and writes JSON, a markdown report and an SVG
+//!   chart. `--quick` finishes in a few minutes.
+//! - `toolkit` measures the storage paths (outbox append, relay, consumer; S4/S7-style)
+//!   on SQLite and PostgreSQL against raw sqlx.
+//! - `serve` is internal: the server processes the suite starts.
 //!
 //! ```text
-//! cargo run --release -p eddy-bench -- --backend sqlite --backend postgres
+//! bench/peers/setup.sh                       # peers into bench/.venv and bench/peers/node
+//! cargo run --release -p eddy-bench -- suite --quick
+//! cargo run --release -p eddy-bench -- toolkit --events 20000 --repeat 3
 //! ```
 
-mod scenarios;
+mod loadgen;
+mod servers;
+mod suite;
+mod toolkit;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(about = "Eddy's toolkit benchmarks (outbox append, relay, consumer)")]
-pub struct Args {
-    /// Databases to measure on: sqlite, postgres (repeatable).
-    #[arg(long = "backend", default_values_t = vec!["sqlite".to_owned(), "postgres".to_owned()])]
-    pub backends: Vec<String>,
-    /// PostgreSQL server url (a database per run is created and dropped).
-    #[arg(
-        long,
-        env = "EDDY_BENCH_POSTGRES_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432"
-    )]
-    pub postgres_url: String,
-    /// Events per measured run.
-    #[arg(long, default_value_t = 20_000)]
-    pub events: usize,
-    /// Concurrent writers in the append scenario.
-    #[arg(long, default_value_t = 16)]
-    pub writers: usize,
-    /// Runs per scenario; the median is reported.
-    #[arg(long, default_value_t = 3)]
-    pub repeat: usize,
-    /// SQLite `synchronous`: full (fsync per commit) or normal.
-    #[arg(long, default_value = "full")]
-    pub sqlite_synchronous: String,
-    /// Write the results as JSON to this file.
-    #[arg(long)]
-    pub json: Option<std::path::PathBuf>,
+#[command(about = "Eddy's benchmark program")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let results = scenarios::run_all(&args).await?;
-    println!("{}", scenarios::markdown(&results));
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
-        eprintln!("results written to {}", path.display());
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// HTTP scenarios S1–S3 against limits and peers.
+    Suite(suite::SuiteArgs),
+    /// Outbox append, relay and consumer throughput on SQLite and PostgreSQL.
+    Toolkit(toolkit::Args),
+    /// (internal) Run one benchmark server.
+    Serve(servers::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        // Servers get a runtime of their own sized like a production service.
+        Command::Serve(args) => servers::serve(args),
+        Command::Suite(args) => tokio::runtime::Runtime::new()?.block_on(suite::run(args)),
+        Command::Toolkit(args) => tokio::runtime::Runtime::new()?.block_on(async move {
+            let results = toolkit::run_all(&args).await?;
+            println!("{}", toolkit::markdown(&results));
+            if let Some(path) = &args.json {
+                std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
+                eprintln!("results written to {}", path.display());
+            }
+            Ok(())
+        }),
     }
-    Ok(())
 }

@@ -464,8 +464,15 @@ fn router(config: &Config, services: Services) -> Router {
                 "Not found",
                 Some("no such route".to_owned()),
             )
-        })
-        .layer(middleware::from_fn(record_http));
+        });
+    platform_layers(api, config)
+}
+
+/// The layers every platform request passes: metrics, deadline propagation, load
+/// shedding (bulkhead), a timeout backstop and the body limit, with their errors as
+/// problem responses. Public so the benchmark measures exactly this stack.
+pub fn platform_layers(api: Router, config: &Config) -> Router {
+    let api = api.layer(middleware::from_fn(record_http));
     let budget = config.request_timeout();
     api.layer(middleware::from_fn(move |request: Request, next: Next| {
         propagate_deadline(budget, request, next)

@@ -1,4 +1,4 @@
-//! The toolkit scenarios and their baselines.
+//! The toolkit scenarios (outbox append, relay, consumer) and their baselines.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +14,35 @@ use serde::{Deserialize, Serialize};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
-use crate::Args;
+/// Settings of the toolkit benchmarks.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Databases to measure on: sqlite, postgres (repeatable).
+    #[arg(long = "backend", default_values_t = vec!["sqlite".to_owned(), "postgres".to_owned()])]
+    pub backends: Vec<String>,
+    /// PostgreSQL server url (a database per run is created and dropped).
+    #[arg(
+        long,
+        env = "EDDY_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pub postgres_url: String,
+    /// Events per measured run.
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// Concurrent writers in the append scenario.
+    #[arg(long, default_value_t = 16)]
+    pub writers: usize,
+    /// Runs per scenario; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// SQLite `synchronous`: full (fsync per commit) or normal.
+    #[arg(long, default_value = "full")]
+    pub sqlite_synchronous: String,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
 
 /// One measured figure: the median of the runs, and every run.
 #[derive(Debug, Serialize)]
