@@ -13,6 +13,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     platform: Option<Platform>,
     _dir: tempfile::TempDir,
+    /// PostgreSQL databases (one per service and one for the log), dropped after the app.
+    _databases: Vec<eddy_testkit::TestDb>,
 }
 
 /// Test settings: port 0 everywhere, a fast provider that never declines, quick retries.
@@ -42,6 +44,36 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
         http: reqwest::Client::new(),
         platform: Some(platform),
         _dir: dir,
+        _databases: Vec::new(),
+    }
+}
+
+/// The platform with every service on its own fresh PostgreSQL database (and the log on
+/// another), as in scale-out mode.
+pub async fn spawn_app_on_postgres(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    let mut databases = Vec::new();
+    for _ in 0..6 {
+        databases.push(eddy_testkit::TestDb::postgres().await);
+    }
+    let url = |i: usize| databases[i].url().to_owned();
+    config.databases.catalog = url(0);
+    config.databases.orders = url(1);
+    config.databases.inventory = url(2);
+    config.databases.payments = url(3);
+    config.databases.notifications = url(4);
+    config.databases.log = url(5);
+    tweak(&mut config);
+    let platform = shop::app::start(config)
+        .await
+        .expect("the platform starts on PostgreSQL");
+    TestApp {
+        base: format!("http://{}", platform.api_addr),
+        http: reqwest::Client::new(),
+        platform: Some(platform),
+        _dir: dir,
+        _databases: databases,
     }
 }
 

@@ -1,0 +1,66 @@
+//! The platform with one PostgreSQL database per service: the saga, compensation and
+//! idempotency hold there too (relays woken by LISTEN/NOTIFY).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::spawn_app_on_postgres;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_runs_with_a_postgresql_database_per_service() {
+    let app = spawn_app_on_postgres(|_| {}).await;
+    let product = app.product(1250, 3).await;
+    let confirmed = app
+        .order(
+            "pat",
+            json!([{"product_id": product, "quantity": 2}]),
+            Some("pat-1"),
+        )
+        .await;
+    let again = app
+        .order(
+            "pat",
+            json!([{"product_id": product, "quantity": 2}]),
+            Some("pat-1"),
+        )
+        .await;
+    assert_eq!(
+        confirmed["id"], again["id"],
+        "the same key gives the same order"
+    );
+    assert_eq!(
+        app.settled(confirmed["id"].as_str().unwrap()).await["status"],
+        "CONFIRMED"
+    );
+    let rejected = app
+        .order("pat", json!([{"product_id": product, "quantity": 2}]), None)
+        .await;
+    let rejected = app.settled(rejected["id"].as_str().unwrap()).await;
+    assert_eq!(rejected["status"], "CANCELLED");
+    assert_eq!(rejected["cancel_reason"], "out_of_stock");
+    assert_eq!(
+        app.charges(confirmed["id"].as_str().unwrap()).await.len(),
+        1
+    );
+    app.wait_stock(&product, 1).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_payment_gives_the_stock_back_on_postgresql() {
+    let app = spawn_app_on_postgres(|config| config.provider.decline_rate = 1.0).await;
+    let product = app.product(500, 7).await;
+    let order = app
+        .order(
+            "quinn",
+            json!([{"product_id": product, "quantity": 5}]),
+            None,
+        )
+        .await;
+    let settled = app.settled(order["id"].as_str().unwrap()).await;
+    assert_eq!(settled["cancel_reason"], "payment_declined");
+    app.wait_stock(&product, 7).await;
+    app.stop().await;
+}
