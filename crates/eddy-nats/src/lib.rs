@@ -1,0 +1,367 @@
+//! # eddy-nats — NATS JetStream as an Eddy broker
+//!
+//! Topics map onto JetStream:
+//!
+//! - **a stream per topic** (`<stream_prefix>_<topic>`, with invalid characters replaced
+//!   by `_`), bound to the subject `<subject_prefix>.<topic>`; dead letters of topic `t`
+//!   go to topic `t.dlq`, a stream of its own (JetStream by itself only emits advisories);
+//! - **a durable pull consumer per consumer group**, explicit acks: members of one group
+//!   share its messages, groups each see all of them;
+//! - the envelope travels as NATS headers (`eddy_core::transport`), and the event id is
+//!   also sent as `Nats-Msg-Id`, so JetStream drops a re-published duplicate within the
+//!   stream's duplicate window.
+//!
+//! Commits: [`eddy_core::Subscription::commit`] speaks offsets, JetStream acks single
+//! messages. The offset of a delivery is its stream sequence (partition 0), and a commit
+//! up to `n` acks every held message below `n` — the runtime's gap-aware commits make that
+//! exactly "every message processed".
+//!
+//! Redelivery and backoff: the runtime retries in-process with full-jitter backoff, so
+//! this adapter never NAKs a failing message (a bare NAK redelivers at once and burns
+//! through `max_deliver` in milliseconds). A message is redelivered by JetStream only when
+//! its member dies or leaves without acking: after `ack_wait`, or at once when the member
+//! closes (it NAKs what it still holds, so the next member need not wait).
+//!
+//! Ordering: one member receives a stream in order, and the runtime keeps per-key order
+//! from there. Several members of one group split the stream without regard to keys (a
+//! JetStream work queue), so strict per-key order across members is not promised.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_trait::async_trait;
+use eddy_core::{
+    transport, Delivery, Envelope, Error, Message, Publisher, Subscriber, Subscription, Undecodable,
+};
+use futures::StreamExt;
+
+/// Settings of the adapter. Every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// Default `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Stream names are `<stream_prefix>_<topic>`. Default `EDDY`.
+    pub stream_prefix: String,
+    /// Subjects are `<subject_prefix>.<topic>`. Default `eddy`.
+    pub subject_prefix: String,
+    /// How long JetStream waits for an ack before redelivering to another member. Longer
+    /// than the runtime's slowest retry sequence, or a message still being retried is
+    /// delivered twice. Default 60 s.
+    pub ack_wait: Duration,
+    /// Messages a group may hold unacked (JetStream's `max_ack_pending`). Default 10,000.
+    pub max_ack_pending: i64,
+    /// How long a fetch waits for the first message. Default 1 s.
+    pub fetch_wait: Duration,
+    /// Messages older than this are removed from streams. Default 7 days.
+    pub max_age: Duration,
+    /// Re-publishes of one event id within this window are dropped. Default 2 min.
+    pub duplicate_window: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            stream_prefix: "EDDY".to_owned(),
+            subject_prefix: "eddy".to_owned(),
+            ack_wait: Duration::from_secs(60),
+            max_ack_pending: 10_000,
+            fetch_wait: Duration::from_secs(1),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A connection to NATS JetStream. Cheap to clone.
+#[derive(Clone)]
+pub struct Nats {
+    js: jetstream::Context,
+    config: Arc<NatsConfig>,
+    streams: Arc<Mutex<HashSet<String>>>,
+}
+
+impl fmt::Debug for Nats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Nats")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn transient(context: &str, error: impl std::fmt::Display) -> Error {
+    Error::transient(format!("{context}: {error}"))
+}
+
+impl Nats {
+    pub async fn connect(config: NatsConfig) -> Result<Self, Error> {
+        let client = async_nats::connect(&config.url)
+            .await
+            .map_err(|e| transient(&format!("cannot connect to NATS at {}", config.url), e))?;
+        Ok(Self {
+            js: jetstream::new(client),
+            config: Arc::new(config),
+            streams: Arc::default(),
+        })
+    }
+
+    pub fn stream_name(&self, topic: &str) -> String {
+        let clean: String = topic
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{}_{clean}", self.config.stream_prefix)
+    }
+
+    pub fn subject(&self, topic: &str) -> String {
+        format!("{}.{topic}", self.config.subject_prefix)
+    }
+
+    /// Creates the topic's stream if it does not exist.
+    pub async fn ensure_topic(&self, topic: &str) -> Result<jetstream::stream::Stream, Error> {
+        let name = self.stream_name(topic);
+        let stream = self
+            .js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: name.clone(),
+                subjects: vec![self.subject(topic)],
+                max_age: self.config.max_age,
+                duplicate_window: self.config.duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| transient(&format!("cannot create stream {name}"), e))?;
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name);
+        Ok(stream)
+    }
+
+    /// Deletes the topic's stream and everything in it.
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), Error> {
+        let name = self.stream_name(topic);
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        match self.js.delete_stream(&name).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.to_string().contains("not found") => Ok(()),
+            Err(error) => Err(transient(&format!("cannot delete stream {name}"), error)),
+        }
+    }
+
+    fn known(&self, topic: &str) -> bool {
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&self.stream_name(topic))
+    }
+}
+
+#[async_trait]
+impl Publisher for Nats {
+    async fn publish(&self, topic: &str, events: &[Envelope]) -> Result<(), Error> {
+        if !self.known(topic) {
+            self.ensure_topic(topic).await?;
+        }
+        let subject = self.subject(topic);
+        // Send all, then await the acks: pipelined, and still in order per subject.
+        let mut acks = Vec::with_capacity(events.len());
+        for envelope in events {
+            let mut headers = async_nats::HeaderMap::new();
+            for (name, value) in transport::to_headers(envelope) {
+                headers.insert(name.as_str(), value.as_str());
+            }
+            headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), headers, envelope.payload.clone().into())
+                .await
+                .map_err(|e| transient("cannot publish to JetStream", e))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|e| transient("JetStream did not acknowledge a publish", e))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Subscriber for Nats {
+    async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, Error> {
+        let stream = self.ensure_topic(topic).await?;
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                group,
+                pull::Config {
+                    durable_name: Some(group.to_owned()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: self.config.ack_wait,
+                    max_ack_pending: self.config.max_ack_pending,
+                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| transient(&format!("cannot create consumer {group}"), e))?;
+        Ok(Box::new(NatsSubscription {
+            topic: topic.to_owned(),
+            consumer,
+            fetch_wait: self.config.fetch_wait,
+            held: Mutex::new(BTreeMap::new()),
+        }))
+    }
+}
+
+/// One member of a group: a durable pull consumer and the messages it holds unacked.
+pub struct NatsSubscription {
+    topic: String,
+    consumer: jetstream::consumer::PullConsumer,
+    fetch_wait: Duration,
+    held: Mutex<BTreeMap<u64, jetstream::Message>>,
+}
+
+impl fmt::Debug for NatsSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsSubscription")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsSubscription {
+    fn deliver(&self, message: jetstream::Message) -> Result<Delivery, Error> {
+        let sequence = message
+            .info()
+            .map_err(|e| transient("message without JetStream info", e))?
+            .stream_sequence;
+        let headers: Vec<(String, String)> = message
+            .headers
+            .iter()
+            .flat_map(|map| map.iter())
+            .filter_map(|(name, values)| {
+                values
+                    .first()
+                    .map(|v| (name.to_string(), v.as_str().to_owned()))
+            })
+            // JetStream's own headers (`Nats-Msg-Id`, …) are transport, not the event's.
+            .filter(|(name, _)| !name.starts_with("Nats-"))
+            .collect();
+        let payload = message.payload.to_vec();
+        let decoded = transport::from_headers(
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            payload.clone(),
+        );
+        let body = match decoded {
+            Ok(envelope) => Message::Event(envelope),
+            Err(error) => Message::Undecodable(Undecodable {
+                key: headers
+                    .iter()
+                    .find(|(k, _)| k == transport::KEY)
+                    .map(|(_, v)| v.clone()),
+                headers,
+                payload,
+                error: error.to_string(),
+            }),
+        };
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sequence, message);
+        Ok(Delivery {
+            topic: self.topic.clone(),
+            partition: 0,
+            offset: sequence,
+            message: body,
+        })
+    }
+
+    async fn take(&self, batch: pull::Batch) -> Result<Vec<Delivery>, Error> {
+        let mut batch = batch;
+        let mut out = Vec::new();
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(message) => out.push(self.deliver(message)?),
+                Err(error) => return Err(transient("fetch from JetStream failed", error)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Subscription for NatsSubscription {
+    async fn fetch(&self, max_len: usize) -> Result<Vec<Delivery>, Error> {
+        let max_len = max_len.max(1);
+        loop {
+            // What is there now, without waiting…
+            let now = self
+                .consumer
+                .fetch()
+                .max_messages(max_len)
+                .messages()
+                .await
+                .map_err(|e| transient("fetch failed", e))?;
+            let mut out = self.take(now).await?;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            // …else wait for the first message (a batch of one returns as soon as it comes).
+            let first = self
+                .consumer
+                .batch()
+                .max_messages(1)
+                .expires(self.fetch_wait)
+                .messages()
+                .await
+                .map_err(|e| transient("fetch failed", e))?;
+            out = self.take(first).await?;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn commit(&self, offsets: &[(u32, u64)]) -> Result<(), Error> {
+        let mut done = Vec::new();
+        {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            for &(_, next) in offsets {
+                let keep = held.split_off(&next);
+                done.extend(std::mem::replace(&mut *held, keep).into_values());
+            }
+        }
+        for message in done {
+            message
+                .ack()
+                .await
+                .map_err(|e| transient("ack failed", e))?;
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        let held: Vec<jetstream::Message> =
+            std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_values()
+                .collect();
+        for message in held {
+            // Hand unfinished messages to the next member now rather than after ack_wait.
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+        }
+        Ok(())
+    }
+}
