@@ -43,7 +43,109 @@ pub struct Services {
     pub inventory: ServiceDb,
     pub payments: ServiceDb,
     pub notifications: ServiceDb,
-    pub log: Log,
+    pub broker: Broker,
+}
+
+/// Where events travel: the embedded log (default) or NATS JetStream.
+#[derive(Debug, Clone)]
+pub enum Broker {
+    Embedded(Log),
+    Nats(Box<eddy_nats::Nats>),
+}
+
+impl Broker {
+    async fn open(config: &Config) -> anyhow::Result<Self> {
+        match config.broker.kind.as_str() {
+            "nats" => {
+                let nats = eddy_nats::Nats::connect(eddy_nats::NatsConfig {
+                    url: config.broker.nats_url.clone(),
+                    stream_prefix: config.broker.nats_stream_prefix.clone(),
+                    subject_prefix: config.broker.nats_subject_prefix.clone(),
+                    ..eddy_nats::NatsConfig::default()
+                })
+                .await
+                .context("cannot connect to NATS")?;
+                for topic in [CATALOG_TOPIC, ORDERS_TOPIC, INVENTORY_TOPIC, PAYMENTS_TOPIC] {
+                    nats.ensure_topic(topic).await?;
+                }
+                Ok(Broker::Nats(Box::new(nats)))
+            }
+            _ => {
+                let log = Log::open(
+                    open_db(config, "log").await?,
+                    LogConfig {
+                        instance_id: Some(config.instance_id.clone()),
+                        ..LogConfig::default()
+                    },
+                )
+                .await
+                .context("cannot open the embedded log")?;
+                for topic in [CATALOG_TOPIC, ORDERS_TOPIC, INVENTORY_TOPIC, PAYMENTS_TOPIC] {
+                    log.create_topic(topic, log.config().default_partitions)
+                        .await?;
+                }
+                Ok(Broker::Embedded(log))
+            }
+        }
+    }
+
+    pub fn publisher(&self) -> Arc<dyn Publisher> {
+        match self {
+            Broker::Embedded(log) => Arc::new(log.clone()),
+            Broker::Nats(nats) => Arc::new(nats.as_ref().clone()),
+        }
+    }
+
+    pub fn subscriber(&self) -> Arc<dyn Subscriber> {
+        match self {
+            Broker::Embedded(log) => Arc::new(log.clone()),
+            Broker::Nats(nats) => Arc::new(nats.as_ref().clone()),
+        }
+    }
+
+    async fn reachable(&self) -> bool {
+        match self {
+            Broker::Embedded(log) => matches!(
+                tokio::time::timeout(
+                    Duration::from_secs(1),
+                    sqlx::query("SELECT 1").execute(log.db().pool())
+                )
+                .await,
+                Ok(Ok(_))
+            ),
+            Broker::Nats(nats) => nats.is_connected(),
+        }
+    }
+
+    /// Messages of `topic` not yet committed by `group`, where the broker can tell.
+    async fn lag(&self, group: &str, topic: &str) -> Option<u64> {
+        match self {
+            Broker::Embedded(log) => {
+                let ends = log.end_offsets(topic).await.ok()?;
+                let committed = log.committed_offsets(group, topic).await.ok()?;
+                Some(
+                    ends.iter()
+                        .map(|(p, end)| end.saturating_sub(committed.get(p).copied().unwrap_or(0)))
+                        .sum(),
+                )
+            }
+            Broker::Nats(_) => None,
+        }
+    }
+
+    async fn maintain(&self) {
+        if let Broker::Embedded(log) = self {
+            if let Err(error) = log.purge_expired(10_000).await {
+                tracing::warn!(%error, "log retention purge failed");
+            }
+        }
+    }
+
+    async fn close(&self) {
+        if let Broker::Embedded(log) = self {
+            log.db().close().await;
+        }
+    }
 }
 
 impl Services {
@@ -106,8 +208,16 @@ async fn open_service(
 /// Starts the platform: returns once it listens.
 pub async fn start(config: Config) -> anyhow::Result<Platform> {
     config.validate()?;
-    if config.database_url("log").starts_with("sqlite:")
-        || config.database_url("orders").starts_with("sqlite:")
+    if [
+        "catalog",
+        "orders",
+        "inventory",
+        "payments",
+        "notifications",
+        "log",
+    ]
+    .iter()
+    .any(|s| config.database_url(s).starts_with("sqlite:"))
     {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!(
@@ -153,22 +263,8 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
         inventory: open_service(&config, "inventory", inventory::MIGRATIONS).await?,
         payments: open_service(&config, "payments", payments::MIGRATIONS).await?,
         notifications: open_service(&config, "notifications", notifications::MIGRATIONS).await?,
-        log: Log::open(
-            open_db(&config, "log").await?,
-            LogConfig {
-                instance_id: Some(config.instance_id.clone()),
-                ..LogConfig::default()
-            },
-        )
-        .await
-        .context("cannot open the embedded log")?,
+        broker: Broker::open(&config).await?,
     };
-    for topic in [CATALOG_TOPIC, ORDERS_TOPIC, INVENTORY_TOPIC, PAYMENTS_TOPIC] {
-        services
-            .log
-            .create_topic(topic, services.log.config().default_partitions)
-            .await?;
-    }
 
     let mut workers = Vec::new();
     let mut relay_stats = Vec::new();
@@ -180,7 +276,7 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
     for service in services.all() {
         let relay = Relay::new(
             service.outbox.clone(),
-            Arc::new(services.log.clone()),
+            services.broker.publisher(),
             relay_config.clone(),
         );
         relay_stats.push((service.name, relay.stats()));
@@ -206,8 +302,8 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
         Duration::from_millis(config.payments.provider_timeout_ms),
     )?;
     let mut consumer_stats: Vec<(&'static str, &'static str, Arc<ConsumerStats>)> = Vec::new();
-    let log: Arc<dyn Subscriber> = Arc::new(services.log.clone());
-    let dead_letters: Arc<dyn Publisher> = Arc::new(services.log.clone());
+    let log: Arc<dyn Subscriber> = services.broker.subscriber();
+    let dead_letters: Arc<dyn Publisher> = services.broker.publisher();
     let mut add = |group: &'static str, topic: &'static str, router: eddy_runtime::Router| {
         let consumer = Consumer::new(topic, group, log.clone(), dead_letters.clone(), router)
             .with_config(consumer_config.clone());
@@ -387,7 +483,7 @@ impl Platform {
         for service in self.services.all() {
             service.db.close().await;
         }
-        self.services.log.db().close().await;
+        self.services.broker.close().await;
         if failed.is_empty() {
             Ok(())
         } else {
@@ -413,14 +509,7 @@ async fn maintenance(
             metrics::counter!("events_dead_lettered_total", "consumer" => *group, "topic" => *topic).absolute(stats.dead_lettered());
             metrics::counter!("events_processed_total", "consumer" => *group, "topic" => *topic)
                 .absolute(stats.handled());
-            if let (Ok(ends), Ok(committed)) = (
-                services.log.end_offsets(topic).await,
-                services.log.committed_offsets(group, topic).await,
-            ) {
-                let lag: u64 = ends
-                    .iter()
-                    .map(|(p, end)| end.saturating_sub(committed.get(p).copied().unwrap_or(0)))
-                    .sum();
+            if let Some(lag) = services.broker.lag(group, topic).await {
                 metrics::gauge!("consumer_lag_messages", "group" => *group, "topic" => *topic)
                     .set(lag as f64);
             }
@@ -438,9 +527,7 @@ async fn maintenance(
         since_purge += 1;
         if since_purge >= 30 {
             since_purge = 0;
-            if let Err(error) = services.log.purge_expired(10_000).await {
-                tracing::warn!(%error, "log retention purge failed");
-            }
+            services.broker.maintain().await;
         }
     }
 }
@@ -560,8 +647,10 @@ async fn record_http(request: Request, next: Next) -> Response {
 
 async fn ready(State(services): State<Services>) -> Response {
     let mut failing = Vec::new();
-    let mut dbs: Vec<(&str, &Db)> = services.all().iter().map(|s| (s.name, &s.db)).collect();
-    dbs.push(("log", services.log.db()));
+    let dbs: Vec<(&str, &Db)> = services.all().iter().map(|s| (s.name, &s.db)).collect();
+    if !services.broker.reachable().await {
+        failing.push("broker");
+    }
     for (name, db) in dbs {
         let ping = tokio::time::timeout(
             Duration::from_secs(1),

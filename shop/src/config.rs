@@ -26,6 +26,7 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     pub consumer: ConsumerSettings,
     pub relay: RelaySettings,
+    pub broker: BrokerConfig,
     /// Log level filter (tracing's syntax). Default `info`.
     pub log_level: String,
     /// Log as JSON lines (`true`) or as text. Default `false`.
@@ -111,6 +112,31 @@ pub struct ConsumerSettings {
     pub backoff_max_ms: u64,
 }
 
+/// Where events travel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `embedded` (the SQL log in `databases.log`; default) or `nats` (JetStream).
+    pub kind: String,
+    /// Default `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// JetStream stream names are `<prefix>_<topic>`. Default `EDDY`.
+    pub nats_stream_prefix: String,
+    /// Subjects are `<prefix>.<topic>`. Default `eddy`.
+    pub nats_subject_prefix: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            kind: "embedded".to_owned(),
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats_stream_prefix: "EDDY".to_owned(),
+            nats_subject_prefix: "eddy".to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelaySettings {
@@ -136,6 +162,7 @@ impl Default for Config {
             notifications: NotificationsConfig::default(),
             consumer: ConsumerSettings::default(),
             relay: RelaySettings::default(),
+            broker: BrokerConfig::default(),
             log_level: "info".to_owned(),
             log_json: false,
         }

@@ -64,3 +64,33 @@ async fn a_declined_payment_gives_the_stock_back_on_postgresql() {
     app.wait_stock(&product, 7).await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_runs_on_postgresql_with_nats_jetstream() {
+    let app = common::spawn_app_on_postgres_and_nats(|_| {}).await;
+    let product = app.product(800, 4).await;
+    let mut orders = Vec::new();
+    for i in 0..5 {
+        orders.push(
+            app.order(
+                "ria",
+                json!([{"product_id": product, "quantity": 1}]),
+                Some(&format!("ria-{i}")),
+            )
+            .await,
+        );
+    }
+    let mut confirmed = 0;
+    for order in &orders {
+        let settled = app.settled(order["id"].as_str().unwrap()).await;
+        if settled["status"] == "CONFIRMED" {
+            confirmed += 1;
+            assert_eq!(app.charges(order["id"].as_str().unwrap()).await.len(), 1);
+        } else {
+            assert_eq!(settled["cancel_reason"], "out_of_stock");
+        }
+    }
+    assert_eq!(confirmed, 4, "four units of stock, four confirmed orders");
+    app.wait_stock(&product, 0).await;
+    app.stop().await;
+}

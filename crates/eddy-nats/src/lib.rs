@@ -79,6 +79,7 @@ impl Default for NatsConfig {
 /// A connection to NATS JetStream. Cheap to clone.
 #[derive(Clone)]
 pub struct Nats {
+    client: async_nats::Client,
     js: jetstream::Context,
     config: Arc<NatsConfig>,
     streams: Arc<Mutex<HashSet<String>>>,
@@ -102,10 +103,16 @@ impl Nats {
             .await
             .map_err(|e| transient(&format!("cannot connect to NATS at {}", config.url), e))?;
         Ok(Self {
-            js: jetstream::new(client),
+            js: jetstream::new(client.clone()),
+            client,
             config: Arc::new(config),
             streams: Arc::default(),
         })
+    }
+
+    /// Whether the connection to the server is up (for readiness checks).
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     pub fn stream_name(&self, topic: &str) -> String {

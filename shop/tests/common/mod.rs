@@ -15,6 +15,35 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
     /// PostgreSQL databases (one per service and one for the log), dropped after the app.
     _databases: Vec<eddy_testkit::TestDb>,
+    _streams: Option<NatsStreams>,
+}
+
+/// Deletes a test's JetStream streams when dropped (also when the test failed).
+pub struct NatsStreams {
+    config: eddy_nats::NatsConfig,
+}
+
+impl Drop for NatsStreams {
+    fn drop(&mut self) {
+        let config = self.config.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(nats) = eddy_nats::Nats::connect(config).await {
+                    for topic in ["catalog", "orders", "inventory", "payments"] {
+                        let _ = nats.delete_topic(topic).await;
+                        let _ = nats.delete_topic(&format!("{topic}.dlq")).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
 }
 
 /// Test settings: port 0 everywhere, a fast provider that never declines, quick retries.
@@ -45,7 +74,34 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
         platform: Some(platform),
         _dir: dir,
         _databases: Vec::new(),
+        _streams: None,
     }
+}
+
+/// The platform with every service on its own PostgreSQL database, events on NATS
+/// JetStream (streams under a prefix of this test's own).
+pub async fn spawn_app_on_postgres_and_nats(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
+    let streams = NatsStreams {
+        config: eddy_nats::NatsConfig {
+            url: std::env::var("EDDY_TEST_NATS_URL")
+                .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
+            stream_prefix: format!("SHOPTEST_{prefix}"),
+            subject_prefix: format!("shoptest.{prefix}"),
+            ..eddy_nats::NatsConfig::default()
+        },
+    };
+    let nats = streams.config.clone();
+    let mut app = spawn_app_on_postgres(move |config| {
+        config.broker.kind = "nats".to_owned();
+        config.broker.nats_url = nats.url.clone();
+        config.broker.nats_stream_prefix = nats.stream_prefix.clone();
+        config.broker.nats_subject_prefix = nats.subject_prefix.clone();
+        tweak(config);
+    })
+    .await;
+    app._streams = Some(streams);
+    app
 }
 
 /// The platform with every service on its own fresh PostgreSQL database (and the log on
@@ -74,6 +130,7 @@ pub async fn spawn_app_on_postgres(tweak: impl FnOnce(&mut Config)) -> TestApp {
         platform: Some(platform),
         _dir: dir,
         _databases: databases,
+        _streams: None,
     }
 }
 
