@@ -38,11 +38,11 @@ use crate::{catalog, inventory, notifications, orders, payments, provider};
 /// Every service of the platform and its storage.
 #[derive(Debug, Clone)]
 pub struct Services {
-    pub catalog: ServiceDb,
-    pub orders: ServiceDb,
-    pub inventory: ServiceDb,
-    pub payments: ServiceDb,
-    pub notifications: ServiceDb,
+    pub catalog: Option<ServiceDb>,
+    pub orders: Option<ServiceDb>,
+    pub inventory: Option<ServiceDb>,
+    pub payments: Option<ServiceDb>,
+    pub notifications: Option<ServiceDb>,
     pub broker: Broker,
 }
 
@@ -149,7 +149,8 @@ impl Broker {
 }
 
 impl Services {
-    fn all(&self) -> [&ServiceDb; 5] {
+    /// The services this process runs.
+    fn all(&self) -> Vec<&ServiceDb> {
         [
             &self.catalog,
             &self.orders,
@@ -157,6 +158,9 @@ impl Services {
             &self.payments,
             &self.notifications,
         ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 
@@ -232,37 +236,63 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
     let provider_stop = CancellationToken::new();
 
     // The payment provider, on its own listener.
-    let (provider_addr, provider_task, provider_url) = if config.provider.embedded {
-        let listener = tokio::net::TcpListener::bind(config.provider.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} for the payment provider",
-                    config.provider.listen
-                )
-            })?;
-        let addr = listener.local_addr()?;
-        let router = provider::Provider::new(config.provider.clone()).router();
-        let stop = provider_stop.clone();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "payment provider stopped");
-            }
-        });
-        (Some(addr), Some(task), format!("http://{addr}"))
-    } else {
-        (None, None, config.payments.provider_url.clone())
-    };
+    let runs = |service: &str| config.services.iter().any(|s| s == service);
+    let (provider_addr, provider_task, provider_url) =
+        if config.provider.embedded && runs("payments") {
+            let listener = tokio::net::TcpListener::bind(config.provider.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} for the payment provider",
+                        config.provider.listen
+                    )
+                })?;
+            let addr = listener.local_addr()?;
+            let router = provider::Provider::new(config.provider.clone()).router();
+            let stop = provider_stop.clone();
+            let task = tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "payment provider stopped");
+                }
+            });
+            (Some(addr), Some(task), format!("http://{addr}"))
+        } else {
+            (None, None, config.payments.provider_url.clone())
+        };
 
+    async fn maybe(
+        config: &Config,
+        runs: bool,
+        name: &'static str,
+        migrations: &[eddy_sql::Migration],
+    ) -> anyhow::Result<Option<ServiceDb>> {
+        Ok(if runs {
+            Some(open_service(config, name, migrations).await?)
+        } else {
+            None
+        })
+    }
     let services = Services {
-        catalog: open_service(&config, "catalog", catalog::MIGRATIONS).await?,
-        orders: open_service(&config, "orders", orders::MIGRATIONS).await?,
-        inventory: open_service(&config, "inventory", inventory::MIGRATIONS).await?,
-        payments: open_service(&config, "payments", payments::MIGRATIONS).await?,
-        notifications: open_service(&config, "notifications", notifications::MIGRATIONS).await?,
+        catalog: maybe(&config, runs("catalog"), "catalog", catalog::MIGRATIONS).await?,
+        orders: maybe(&config, runs("orders"), "orders", orders::MIGRATIONS).await?,
+        inventory: maybe(
+            &config,
+            runs("inventory"),
+            "inventory",
+            inventory::MIGRATIONS,
+        )
+        .await?,
+        payments: maybe(&config, runs("payments"), "payments", payments::MIGRATIONS).await?,
+        notifications: maybe(
+            &config,
+            runs("notifications"),
+            "notifications",
+            notifications::MIGRATIONS,
+        )
+        .await?,
         broker: Broker::open(&config).await?,
     };
 
@@ -297,10 +327,6 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
         drain_timeout: Duration::from_millis(config.server.shutdown_timeout_ms),
         ..ConsumerConfig::default()
     };
-    let provider_client = payments::ProviderClient::new(
-        provider_url,
-        Duration::from_millis(config.payments.provider_timeout_ms),
-    )?;
     let mut consumer_stats: Vec<(&'static str, &'static str, Arc<ConsumerStats>)> = Vec::new();
     let log: Arc<dyn Subscriber> = services.broker.subscriber();
     let dead_letters: Arc<dyn Publisher> = services.broker.publisher();
@@ -324,96 +350,95 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
         }
     }
     let s = &services;
-    add(
-        "catalog",
-        INVENTORY_TOPIC,
-        eddy_runtime::Router::new().route::<StockChanged, _>(tx(
-            &s.catalog,
+    if let Some(catalog) = &s.catalog {
+        add(
             "catalog",
-            catalog::OnStockChanged,
-        )),
-    );
-    add(
-        "orders",
-        CATALOG_TOPIC,
-        eddy_runtime::Router::new().route::<ProductUpserted, _>(tx(
-            &s.orders,
-            "orders",
-            orders::OnProductUpserted,
-        )),
-    );
-    add(
-        "orders",
-        INVENTORY_TOPIC,
-        eddy_runtime::Router::new().route::<StockRejected, _>(tx(
-            &s.orders,
-            "orders",
-            orders::Settle {
-                service: s.orders.clone(),
-            },
-        )),
-    );
-    add(
-        "orders",
-        PAYMENTS_TOPIC,
-        eddy_runtime::Router::new()
-            .route::<PaymentCaptured, _>(tx(
-                &s.orders,
-                "orders",
-                orders::Settle {
-                    service: s.orders.clone(),
-                },
-            ))
-            .route::<PaymentDeclined, _>(tx(
-                &s.orders,
-                "orders",
-                orders::Settle {
-                    service: s.orders.clone(),
-                },
+            INVENTORY_TOPIC,
+            eddy_runtime::Router::new().route::<StockChanged, _>(tx(
+                catalog,
+                "catalog",
+                catalog::OnStockChanged,
             )),
-    );
-    let inv = inventory::Inventory {
-        service: s.inventory.clone(),
-    };
-    add(
-        "inventory",
-        CATALOG_TOPIC,
-        eddy_runtime::Router::new().route::<ProductUpserted, _>(tx(
-            &s.inventory,
+        );
+    }
+    if let Some(orders) = &s.orders {
+        let settle = || orders::Settle {
+            service: orders.clone(),
+        };
+        add(
+            "orders",
+            CATALOG_TOPIC,
+            eddy_runtime::Router::new().route::<ProductUpserted, _>(tx(
+                orders,
+                "orders",
+                orders::OnProductUpserted,
+            )),
+        );
+        add(
+            "orders",
+            INVENTORY_TOPIC,
+            eddy_runtime::Router::new().route::<StockRejected, _>(tx(orders, "orders", settle())),
+        );
+        add(
+            "orders",
+            PAYMENTS_TOPIC,
+            eddy_runtime::Router::new()
+                .route::<PaymentCaptured, _>(tx(orders, "orders", settle()))
+                .route::<PaymentDeclined, _>(tx(orders, "orders", settle())),
+        );
+    }
+    if let Some(inventory) = &s.inventory {
+        let inv = inventory::Inventory {
+            service: inventory.clone(),
+        };
+        add(
             "inventory",
-            inv.clone(),
-        )),
-    );
-    add(
-        "inventory",
-        ORDERS_TOPIC,
-        eddy_runtime::Router::new()
-            .route::<OrderPlaced, _>(tx(&s.inventory, "inventory", inv.clone()))
-            .route::<OrderCancelled, _>(tx(&s.inventory, "inventory", inv.clone()))
-            .route::<OrderConfirmed, _>(tx(&s.inventory, "inventory", inv)),
-    );
-    add(
-        "payments",
-        INVENTORY_TOPIC,
-        eddy_runtime::Router::new().route::<StockReserved, _>(Timed {
-            consumer: "payments",
-            inner: payments::Charge {
-                service: s.payments.clone(),
-                provider: provider_client,
-            },
-        }),
-    );
-    let notify = notifications::Notify {
-        service: s.notifications.clone(),
-        failure_rate: config.notifications.failure_rate,
-    };
-    add(
-        "notifications",
-        ORDERS_TOPIC,
-        eddy_runtime::Router::new()
-            .route::<OrderConfirmed, _>(tx(&s.notifications, "notifications", notify.clone()))
-            .route::<OrderCancelled, _>(tx(&s.notifications, "notifications", notify)),
-    );
+            CATALOG_TOPIC,
+            eddy_runtime::Router::new().route::<ProductUpserted, _>(tx(
+                inventory,
+                "inventory",
+                inv.clone(),
+            )),
+        );
+        add(
+            "inventory",
+            ORDERS_TOPIC,
+            eddy_runtime::Router::new()
+                .route::<OrderPlaced, _>(tx(inventory, "inventory", inv.clone()))
+                .route::<OrderCancelled, _>(tx(inventory, "inventory", inv.clone()))
+                .route::<OrderConfirmed, _>(tx(inventory, "inventory", inv)),
+        );
+    }
+    if let Some(payments) = &s.payments {
+        let provider_client = payments::ProviderClient::new(
+            provider_url,
+            Duration::from_millis(config.payments.provider_timeout_ms),
+        )?;
+        add(
+            "payments",
+            INVENTORY_TOPIC,
+            eddy_runtime::Router::new().route::<StockReserved, _>(Timed {
+                consumer: "payments",
+                inner: payments::Charge {
+                    service: payments.clone(),
+                    provider: provider_client,
+                },
+            }),
+        );
+    }
+    if let Some(notifications) = &s.notifications {
+        let notify = notifications::Notify {
+            service: notifications.clone(),
+            failure_rate: config.notifications.failure_rate,
+        };
+        add(
+            "notifications",
+            ORDERS_TOPIC,
+            eddy_runtime::Router::new()
+                .route::<OrderConfirmed, _>(tx(notifications, "notifications", notify.clone()))
+                .route::<OrderCancelled, _>(tx(notifications, "notifications", notify)),
+        );
+    }
 
     workers.push((
         "maintenance".to_owned(),
@@ -533,10 +558,17 @@ async fn maintenance(
 }
 
 fn router(config: &Config, services: Services) -> Router {
-    let api = Router::new()
-        .merge(catalog::routes(services.catalog.clone()))
-        .merge(orders::routes(services.orders.clone()))
-        .merge(payments::routes(services.payments.clone()))
+    let mut api = Router::new();
+    if let Some(catalog) = &services.catalog {
+        api = api.merge(catalog::routes(catalog.clone()));
+    }
+    if let Some(orders) = &services.orders {
+        api = api.merge(orders::routes(orders.clone()));
+    }
+    if let Some(payments) = &services.payments {
+        api = api.merge(payments::routes(payments.clone()));
+    }
+    let api = api
         .route(
             "/health/live",
             get(|| async { Json(serde_json::json!({"status": "live"})) }),

@@ -19,6 +19,10 @@ pub struct Config {
     /// between processes sharing a broker. A restarted process takes its partitions back
     /// at once under the same name. Default `shop`.
     pub instance_id: String,
+    /// The services this process runs. Default all five (the modular monolith); one per
+    /// process in scale-out mode, with `shop gateway` in front.
+    pub services: Vec<String>,
+    pub gateway: GatewayConfig,
     pub server: ServerConfig,
     pub databases: DatabasesConfig,
     pub provider: ProviderConfig,
@@ -112,6 +116,43 @@ pub struct ConsumerSettings {
     pub backoff_max_ms: u64,
 }
 
+/// Every service of the platform.
+pub const SERVICES: [&str; 5] = [
+    "catalog",
+    "orders",
+    "inventory",
+    "payments",
+    "notifications",
+];
+
+/// `shop gateway`: routes the public API to the processes that serve it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Where `/v1/products` goes. Default `http://127.0.0.1:8091`.
+    pub catalog_url: String,
+    /// Where `/v1/orders` and `/v1/customers` go. Default `http://127.0.0.1:8092`.
+    pub orders_url: String,
+    /// Where `/v1/payments` goes. Default `http://127.0.0.1:8094`.
+    pub payments_url: String,
+    /// Time budget of one proxied request. Default 5 s.
+    pub timeout_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            catalog_url: "http://127.0.0.1:8091".to_owned(),
+            orders_url: "http://127.0.0.1:8092".to_owned(),
+            payments_url: "http://127.0.0.1:8094".to_owned(),
+            timeout_ms: 5_000,
+        }
+    }
+}
+
 /// Where events travel.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -151,6 +192,8 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("data"),
             instance_id: "shop".to_owned(),
+            services: SERVICES.iter().map(|s| (*s).to_owned()).collect(),
+            gateway: GatewayConfig::default(),
             server: ServerConfig::default(),
             databases: DatabasesConfig {
                 max_connections: 8,

@@ -22,6 +22,7 @@ pub mod app;
 pub mod catalog;
 pub mod config;
 pub mod contracts;
+pub mod gateway;
 pub mod inventory;
 pub mod load;
 pub mod notifications;

@@ -19,6 +19,8 @@ enum Command {
     Serve(ServeArgs),
     /// Run only the simulated payment provider.
     Provider(ServeArgs),
+    /// Route the public API to one process per service.
+    Gateway(ServeArgs),
     /// Send realistic traffic to a running platform and report.
     Demo(shop::load::LoadArgs),
 }
@@ -31,9 +33,13 @@ struct ServeArgs {
     /// Overrides `data_dir`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Overrides `server.listen` (or `provider.listen` for `provider`).
+    /// Overrides `server.listen` (`provider.listen` for `provider`, `gateway.listen` for
+    /// `gateway`).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Run only this service (repeatable); overrides `services`.
+    #[arg(long = "service")]
+    services: Vec<String>,
 }
 
 fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -43,6 +49,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(listen) = args.listen {
         config.server.listen = listen;
+    }
+    if !args.services.is_empty() {
+        config.services = args.services.clone();
     }
     config.validate()?;
     Ok(config)
@@ -54,6 +63,7 @@ async fn main() {
     let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args).await,
         Command::Provider(args) => provider(args).await,
+        Command::Gateway(args) => gateway(args).await,
         Command::Demo(args) => match shop::load::run(args).await {
             Ok(report) => {
                 println!("{report}");
@@ -72,10 +82,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     shop::telemetry::init_logs(&config.log_level, config.log_json);
     let data_dir = config.data_dir.clone();
+    let what = if config.services.len() == shop::config::SERVICES.len()
+        && config.broker.kind == "embedded"
+        && config.database_url("orders").starts_with("sqlite:")
+    {
+        "on embedded defaults".to_owned()
+    } else {
+        format!(
+            "({}) on the {} broker",
+            config.services.join(", "),
+            config.broker.kind
+        )
+    };
     let platform = shop::app::start(config).await?;
     let base = format!("http://{}", platform.api_addr);
     println!(
-        "Eddy shop is running on embedded defaults (data in {}).",
+        "Eddy shop is running {what} (data in {}).",
         data_dir.display()
     );
     println!("  API        {base}/v1/products, {base}/v1/orders  (OpenAPI: {base}/openapi.json)");
@@ -109,6 +131,21 @@ async fn provider(args: ServeArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     Ok(())
+}
+
+async fn gateway(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = load_config(&args)?;
+    if let Some(listen) = args.listen {
+        config.gateway.listen = listen;
+    }
+    shop::telemetry::init_logs(&config.log_level, config.log_json);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signalled = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signalled.cancel();
+    });
+    shop::gateway::run(config, stop).await
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,199 @@
+//! `shop gateway`: the public HTTP contract in front of one process per service. It
+//! routes by path prefix — `/v1/products` to catalog, `/v1/orders` and `/v1/customers` to
+//! orders, `/v1/payments` to payments — forwarding the headers the contract uses
+//! (`Idempotency-Key`, `eddy-deadline`, trace context) and passing answers through, so a
+//! client cannot tell it from the single-process platform.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::problem::problem;
+
+/// Request headers passed to the service.
+const FORWARDED_REQUEST: [&str; 5] = [
+    "content-type",
+    "idempotency-key",
+    "eddy-deadline",
+    "traceparent",
+    "tracestate",
+];
+/// Response headers passed back to the client.
+const FORWARDED_RESPONSE: [&str; 3] = ["content-type", "retry-after", "idempotent-replayed"];
+
+#[derive(Debug, Clone)]
+struct Gateway {
+    http: reqwest::Client,
+    catalog: Arc<str>,
+    orders: Arc<str>,
+    payments: Arc<str>,
+    body_limit: usize,
+}
+
+impl Gateway {
+    fn upstream(&self, path: &str) -> Option<&str> {
+        if path.starts_with("/v1/products") {
+            Some(&self.catalog)
+        } else if path.starts_with("/v1/orders") || path.starts_with("/v1/customers") {
+            Some(&self.orders)
+        } else if path.starts_with("/v1/payments") {
+            Some(&self.payments)
+        } else {
+            None
+        }
+    }
+}
+
+pub fn router(config: &Config) -> anyhow::Result<Router> {
+    let gateway = Gateway {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.gateway.timeout_ms))
+            .pool_max_idle_per_host(256)
+            .build()?,
+        catalog: Arc::from(config.gateway.catalog_url.trim_end_matches('/')),
+        orders: Arc::from(config.gateway.orders_url.trim_end_matches('/')),
+        payments: Arc::from(config.gateway.payments_url.trim_end_matches('/')),
+        body_limit: config.server.body_limit_bytes,
+    };
+    Ok(Router::new()
+        .route(
+            "/health/live",
+            get(|| async { Json(serde_json::json!({"status": "live"})) }),
+        )
+        .route("/health/ready", get(ready))
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    include_str!("../api/openapi.json"),
+                )
+            }),
+        )
+        .fallback(proxy)
+        .with_state(gateway))
+}
+
+async fn ready(State(gateway): State<Gateway>) -> Response {
+    let mut failing = Vec::new();
+    for (name, base) in [
+        ("catalog", &gateway.catalog),
+        ("orders", &gateway.orders),
+        ("payments", &gateway.payments),
+    ] {
+        let ok = gateway
+            .http
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if !ok {
+            failing.push(name);
+        }
+    }
+    if failing.is_empty() {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "Not ready",
+            Some(format!("unreachable: {}", failing.join(", "))),
+        )
+    }
+}
+
+async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let Some(upstream) = gateway.upstream(request.uri().path()) else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            Some("no such route".to_owned()),
+        );
+    };
+    let url = format!("{upstream}{path_and_query}");
+    let method = request.method().clone();
+    let headers = request.headers().clone();
+    let body = match axum::body::to_bytes(request.into_body(), gateway.body_limit).await {
+        Ok(body) => body,
+        Err(_) => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "The request body was rejected",
+                None,
+            )
+        }
+    };
+    let mut outbound = gateway.http.request(method, &url).body(body);
+    for name in FORWARDED_REQUEST {
+        if let Some(value) = headers.get(name) {
+            outbound = outbound.header(name, value);
+        }
+    }
+    let answer = match outbound.send().await {
+        Ok(answer) => answer,
+        Err(error) => {
+            tracing::warn!(%url, %error, "upstream unreachable");
+            let mut response = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream-unavailable",
+                "The service behind this route is unavailable",
+                None,
+            );
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            return response;
+        }
+    };
+    let status = answer.status();
+    let mut forwarded = Vec::new();
+    for name in FORWARDED_RESPONSE {
+        if let Some(value) = answer.headers().get(name) {
+            forwarded.push((HeaderName::from_static(name), value.clone()));
+        }
+    }
+    let body = match answer.bytes().await {
+        Ok(body) => body,
+        Err(_) => {
+            return problem(
+                StatusCode::BAD_GATEWAY,
+                "bad-upstream-answer",
+                "The service's answer was cut off",
+                None,
+            )
+        }
+    };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    for (name, value) in forwarded {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+/// Serves the gateway until `stop`.
+pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.gateway.listen).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, router(&config)?)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await?;
+    Ok(())
+}
