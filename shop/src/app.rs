@@ -61,6 +61,7 @@ impl Broker {
                     url: config.broker.nats_url.clone(),
                     stream_prefix: config.broker.nats_stream_prefix.clone(),
                     subject_prefix: config.broker.nats_subject_prefix.clone(),
+                    ack_wait: Duration::from_millis(config.broker.nats_ack_wait_ms),
                     ..eddy_nats::NatsConfig::default()
                 })
                 .await

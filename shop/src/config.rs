@@ -165,6 +165,9 @@ pub struct BrokerConfig {
     pub nats_stream_prefix: String,
     /// Subjects are `<prefix>.<topic>`. Default `eddy`.
     pub nats_subject_prefix: String,
+    /// How long JetStream waits for an ack before giving a message to another member
+    /// (e.g. after a crash). Default 60 s: longer than the slowest retry sequence.
+    pub nats_ack_wait_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -174,6 +177,7 @@ impl Default for BrokerConfig {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             nats_stream_prefix: "EDDY".to_owned(),
             nats_subject_prefix: "eddy".to_owned(),
+            nats_ack_wait_ms: 60_000,
         }
     }
 }

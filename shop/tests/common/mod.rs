@@ -23,6 +23,12 @@ pub struct NatsStreams {
     config: eddy_nats::NatsConfig,
 }
 
+impl NatsStreams {
+    pub fn new(config: eddy_nats::NatsConfig) -> Self {
+        Self { config }
+    }
+}
+
 impl Drop for NatsStreams {
     fn drop(&mut self) {
         let config = self.config.clone();

@@ -1,0 +1,328 @@
+//! One process per service on PostgreSQL (a database each) and NATS JetStream, the
+//! payment provider in its own process, and the gateway in front: 1,000 orders through
+//! the public contract while the inventory process is killed with SIGKILL and started
+//! again. Every order ends CONFIRMED or CANCELLED, none is charged twice, stock adds up.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const SERVICES: [&str; 5] = [
+    "catalog",
+    "orders",
+    "inventory",
+    "payments",
+    "notifications",
+];
+
+/// Starts `shop <args…>` with `env`; returns the child and the url it printed.
+async fn start(args: &[&str], env: &[(String, String)], ready_prefix: &str) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shop"));
+    command.args(args).stdout(Stdio::piped()).kill_on_drop(true);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("shop starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix(ready_prefix) {
+                return rest.trim().to_owned();
+            }
+        }
+        panic!("shop {args:?} exited before it listened");
+    })
+    .await
+    .expect("listening within a minute");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_orders_across_processes_survive_a_killed_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut databases = Vec::new();
+    for _ in SERVICES {
+        databases.push(eddy_testkit::TestDb::postgres().await);
+    }
+    let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
+    let nats = eddy_nats::NatsConfig {
+        url: std::env::var("EDDY_TEST_NATS_URL")
+            .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
+        stream_prefix: format!("SCALETEST_{prefix}"),
+        subject_prefix: format!("scaletest.{prefix}"),
+        ..eddy_nats::NatsConfig::default()
+    };
+    let _streams = common::NatsStreams::new(nats.clone());
+
+    let (_provider, provider_url) = start(
+        &["provider", "--listen", "127.0.0.1:0"],
+        &[
+            ("EDDY_PROVIDER__LATENCY_MS".into(), "2".into()),
+            ("EDDY_PROVIDER__DECLINE_RATE".into(), "0.1".into()),
+            ("EDDY_LOG_LEVEL".into(), "warn".into()),
+        ],
+        "payment provider listening on ",
+    )
+    .await;
+
+    let env_for = |service: &str, db: &str| -> Vec<(String, String)> {
+        vec![
+            (
+                format!("EDDY_DATABASES__{}", service.to_uppercase()),
+                db.to_owned(),
+            ),
+            ("EDDY_INSTANCE_ID".into(), service.to_owned()),
+            ("EDDY_DATA_DIR".into(), dir.path().display().to_string()),
+            ("EDDY_BROKER__KIND".into(), "nats".into()),
+            ("EDDY_BROKER__NATS_URL".into(), nats.url.clone()),
+            (
+                "EDDY_BROKER__NATS_STREAM_PREFIX".into(),
+                nats.stream_prefix.clone(),
+            ),
+            (
+                "EDDY_BROKER__NATS_SUBJECT_PREFIX".into(),
+                nats.subject_prefix.clone(),
+            ),
+            ("EDDY_BROKER__NATS_ACK_WAIT_MS".into(), "3000".into()),
+            ("EDDY_PROVIDER__EMBEDDED".into(), "false".into()),
+            ("EDDY_PAYMENTS__PROVIDER_URL".into(), provider_url.clone()),
+            ("EDDY_CONSUMER__BACKOFF_INITIAL_MS".into(), "20".into()),
+            ("EDDY_CONSUMER__BACKOFF_MAX_MS".into(), "200".into()),
+            ("EDDY_LOG_LEVEL".into(), "warn".into()),
+        ]
+    };
+    let mut processes: HashMap<&str, (Child, String)> = HashMap::new();
+    for (service, db) in SERVICES.iter().zip(&databases) {
+        let env = env_for(service, db.url());
+        processes.insert(
+            service,
+            start(
+                &["serve", "--service", service, "--listen", "127.0.0.1:0"],
+                &env,
+                "listening on ",
+            )
+            .await,
+        );
+    }
+    let gateway_env = vec![
+        (
+            "EDDY_GATEWAY__CATALOG_URL".to_owned(),
+            processes["catalog"].1.clone(),
+        ),
+        (
+            "EDDY_GATEWAY__ORDERS_URL".to_owned(),
+            processes["orders"].1.clone(),
+        ),
+        (
+            "EDDY_GATEWAY__PAYMENTS_URL".to_owned(),
+            processes["payments"].1.clone(),
+        ),
+        ("EDDY_LOG_LEVEL".to_owned(), "warn".to_owned()),
+    ];
+    let (_gateway, base) = start(
+        &["gateway", "--listen", "127.0.0.1:0"],
+        &gateway_env,
+        "listening on ",
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    assert_eq!(
+        http.get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let mut stock_at_start = HashMap::new();
+    let mut products = Vec::new();
+    for (i, stock) in [700i64, 100_000].into_iter().enumerate() {
+        let body = json!({"sku": format!("scale-{i}"), "name": "Thing", "price_cents": 300, "currency": "EUR", "stock": stock});
+        let response = http
+            .post(format!("{base}/v1/products"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let product: Value = response.json().await.unwrap();
+        stock_at_start.insert(product["id"].as_str().unwrap().to_owned(), stock);
+        products.push(product["id"].as_str().unwrap().to_owned());
+    }
+    // Orders learns of the products through events.
+    for product in &products {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let probe = http
+                .post(format!("{base}/v1/orders"))
+                .json(&json!({"customer_id": "scale", "lines": [{"product_id": product, "quantity": 1}]}))
+                .send()
+                .await
+                .unwrap();
+            if probe.status() == 202 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "product never orderable"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // 1,000 orders, 32 at a time; inventory is killed once 300 are placed.
+    let placed = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        let (http, base, placed, next, products) = (
+            http.clone(),
+            base.clone(),
+            placed.clone(),
+            next.clone(),
+            products.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= 1000 {
+                    return;
+                }
+                let body = json!({"customer_id": "scale", "lines": [{"product_id": products[i % 2], "quantity": 1 + (i % 2)}]});
+                // A client retries with the same key until it gets an answer.
+                loop {
+                    let sent = http.post(format!("{base}/v1/orders")).header("idempotency-key", format!("scale-{i}")).json(&body).send().await;
+                    if sent.is_ok_and(|r| r.status() == 202) {
+                        placed.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }));
+    }
+    while placed.load(Ordering::SeqCst) < 300 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut inventory, _) = processes.remove("inventory").unwrap();
+    inventory.kill().await.unwrap(); // SIGKILL mid-run
+    let _ = inventory.wait().await;
+    let env = env_for("inventory", databases[2].url());
+    processes.insert(
+        "inventory",
+        start(
+            &["serve", "--service", "inventory", "--listen", "127.0.0.1:0"],
+            &env,
+            "listening on ",
+        )
+        .await,
+    );
+    for client in clients {
+        client.await.unwrap();
+    }
+
+    // Every order settles.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    let orders = loop {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = format!("{base}/v1/customers/scale/orders?limit=100");
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let page: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            all.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        let pending = all.iter().filter(|o| o["status"] == "PENDING").count();
+        if pending == 0 {
+            break all;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pending} orders still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(orders.len(), 1002, "1,000 orders and 2 probes, each once");
+
+    let mut taken: HashMap<String, i64> = HashMap::new();
+    let (mut confirmed, mut cancelled) = (0, 0);
+    for order in &orders {
+        let id = order["id"].as_str().unwrap();
+        let charges: Value = http
+            .get(format!("{base}/v1/payments?order_id={id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let captured = charges["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["status"] == "captured")
+            .count();
+        assert!(captured <= 1, "order {id} charged {captured} times");
+        if order["status"] == "CONFIRMED" {
+            confirmed += 1;
+            assert_eq!(captured, 1);
+            for line in order["lines"].as_array().unwrap() {
+                *taken
+                    .entry(line["product_id"].as_str().unwrap().to_owned())
+                    .or_default() += line["quantity"].as_i64().unwrap();
+            }
+        } else {
+            cancelled += 1;
+            assert_eq!(captured, 0);
+        }
+    }
+    eprintln!("{confirmed} confirmed, {cancelled} cancelled");
+    assert!(confirmed > 0 && cancelled > 0);
+    for (product, start) in &stock_at_start {
+        let expected = start - taken.get(product).copied().unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let p: Value = http
+                .get(format!("{base}/v1/products/{product}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if p["stock"] == expected {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stock {} but {expected} expected",
+                p["stock"]
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for (_, (mut child, _)) in processes {
+        let _ = child.kill().await;
+    }
+}
