@@ -460,19 +460,10 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
 }
 
 fn machine() -> String {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown cpu".to_owned());
-    format!("{cpus} cores ({model}); load generator, servers and peers share them")
+    format!(
+        "{}; load generator, servers and peers share them",
+        crate::toolkit::machine()
+    )
 }
 
 fn ratio(a: f64, b: f64) -> String {

@@ -548,7 +548,8 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Results> {
     })
 }
 
-fn machine() -> String {
+/// Cores and CPU model of this machine, for reports.
+pub fn machine() -> String {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);

@@ -50,22 +50,13 @@ impl Drop for NatsFixture {
             std::mem::take(&mut *self.topics.lock().unwrap_or_else(|p| p.into_inner()));
         topics.extend(topics.clone().into_iter().map(|t| format!("{t}.dlq")));
         let config = self.config.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok(nats) = Nats::connect(config).await {
-                    for topic in topics {
-                        let _ = nats.delete_topic(&topic).await;
-                    }
+        eddy_testkit::block_on_own_runtime(async move {
+            if let Ok(nats) = Nats::connect(config).await {
+                for topic in topics {
+                    let _ = nats.delete_topic(&topic).await;
                 }
-            });
-        })
-        .join();
+            }
+        });
     }
 }
 

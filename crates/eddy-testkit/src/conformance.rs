@@ -65,6 +65,36 @@ pub async fn receive(subscription: &dyn Subscription, count: usize, commit: bool
     out
 }
 
+/// Fetches (and commits) until `count` distinct [`Numbered`] events arrived, and checks
+/// that per key their first sightings came in `seq` order. Duplicates are allowed: the
+/// contract is at least once.
+pub async fn receive_distinct_in_key_order(
+    subscription: &dyn Subscription,
+    count: usize,
+) -> Vec<Numbered> {
+    let mut seen: HashSet<EventId> = HashSet::new();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut events = Vec::with_capacity(count);
+    while seen.len() < count {
+        for delivery in receive(subscription, 1, true).await {
+            let (id, event) = numbered(&delivery);
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Some(previous) = last.insert(event.key.clone(), event.seq) {
+                assert!(
+                    event.seq > previous,
+                    "key {} went from {previous} to {}",
+                    event.key,
+                    event.seq
+                );
+            }
+            events.push(event);
+        }
+    }
+    events
+}
+
 /// Commits past every delivery in `batch`.
 pub async fn commit_all(subscription: &dyn Subscription, batch: &[Delivery]) {
     let mut next: BTreeMap<u32, u64> = BTreeMap::new();

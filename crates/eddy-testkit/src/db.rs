@@ -91,31 +91,22 @@ impl Drop for TestDb {
             let server = server.clone();
             let name = name.clone();
             let db = self.db.clone();
-            let dropper = std::thread::spawn(move || {
-                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                runtime.block_on(async move {
-                    // Close our pool; its connections belong to the test's runtime, so
-                    // the server may still see them: WITH (FORCE) ends them.
-                    drop(db);
-                    if let Ok(mut admin) =
-                        sqlx::PgConnection::connect(&format!("{server}/postgres")).await
-                    {
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(30),
-                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                                .execute(&mut admin),
-                        )
-                        .await;
-                        let _ = admin.close().await;
-                    }
-                });
+            crate::block_on_own_runtime(async move {
+                // Close our pool; its connections belong to the test's runtime, so the
+                // server may still see them: WITH (FORCE) ends them.
+                drop(db);
+                if let Ok(mut admin) =
+                    sqlx::PgConnection::connect(&format!("{server}/postgres")).await
+                {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .execute(&mut admin),
+                    )
+                    .await;
+                    let _ = admin.close().await;
+                }
             });
-            let _ = dropper.join();
         }
     }
 }

@@ -14,3 +14,21 @@ pub mod db;
 pub mod events;
 
 pub use db::TestDb;
+
+/// Runs `work` to completion on a runtime of its own, in a thread of its own. For
+/// clean-up in `Drop`, which cannot await and also runs while a failed test unwinds
+/// (possibly inside another runtime, where blocking is not allowed).
+pub fn block_on_own_runtime<F>(work: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let _ = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(work);
+        }
+    })
+    .join();
+}

@@ -32,23 +32,14 @@ impl NatsStreams {
 impl Drop for NatsStreams {
     fn drop(&mut self) {
         let config = self.config.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok(nats) = eddy_nats::Nats::connect(config).await {
-                    for topic in ["catalog", "orders", "inventory", "payments"] {
-                        let _ = nats.delete_topic(topic).await;
-                        let _ = nats.delete_topic(&format!("{topic}.dlq")).await;
-                    }
+        eddy_testkit::block_on_own_runtime(async move {
+            if let Ok(nats) = eddy_nats::Nats::connect(config).await {
+                for topic in ["catalog", "orders", "inventory", "payments"] {
+                    let _ = nats.delete_topic(topic).await;
+                    let _ = nats.delete_topic(&format!("{topic}.dlq")).await;
                 }
-            });
-        })
-        .join();
+            }
+        });
     }
 }
 
