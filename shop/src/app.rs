@@ -51,6 +51,7 @@ pub struct Services {
 pub enum Broker {
     Embedded(Log),
     Nats(Box<eddy_nats::Nats>),
+    Kafka(Box<eddy_kafka::Kafka>),
 }
 
 impl Broker {
@@ -70,6 +71,17 @@ impl Broker {
                     nats.ensure_topic(topic).await?;
                 }
                 Ok(Broker::Nats(Box::new(nats)))
+            }
+            "kafka" => {
+                let kafka = eddy_kafka::Kafka::connect(eddy_kafka::KafkaConfig {
+                    bootstrap_servers: config.broker.kafka_bootstrap_servers.clone(),
+                    partitions: config.broker.kafka_partitions,
+                    ..eddy_kafka::KafkaConfig::default()
+                })?;
+                for topic in [CATALOG_TOPIC, ORDERS_TOPIC, INVENTORY_TOPIC, PAYMENTS_TOPIC] {
+                    kafka.ensure_topic(topic).await?;
+                }
+                Ok(Broker::Kafka(Box::new(kafka)))
             }
             _ => {
                 let log = Log::open(
@@ -94,6 +106,7 @@ impl Broker {
         match self {
             Broker::Embedded(log) => Arc::new(log.clone()),
             Broker::Nats(nats) => Arc::new(nats.as_ref().clone()),
+            Broker::Kafka(kafka) => Arc::new(kafka.as_ref().clone()),
         }
     }
 
@@ -101,6 +114,7 @@ impl Broker {
         match self {
             Broker::Embedded(log) => Arc::new(log.clone()),
             Broker::Nats(nats) => Arc::new(nats.as_ref().clone()),
+            Broker::Kafka(kafka) => Arc::new(kafka.as_ref().clone()),
         }
     }
 
@@ -115,6 +129,7 @@ impl Broker {
                 Ok(Ok(_))
             ),
             Broker::Nats(nats) => nats.is_connected(),
+            Broker::Kafka(kafka) => kafka.is_reachable().await,
         }
     }
 
@@ -130,7 +145,7 @@ impl Broker {
                         .sum(),
                 )
             }
-            Broker::Nats(_) => None,
+            Broker::Nats(_) | Broker::Kafka(_) => None,
         }
     }
 

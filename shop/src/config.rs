@@ -157,7 +157,8 @@ impl Default for GatewayConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `embedded` (the SQL log in `databases.log`; default) or `nats` (JetStream).
+    /// `embedded` (the SQL log in `databases.log`; default), `nats` (JetStream) or
+    /// `kafka`.
     pub kind: String,
     /// Default `nats://127.0.0.1:4222`.
     pub nats_url: String,
@@ -168,6 +169,10 @@ pub struct BrokerConfig {
     /// How long JetStream waits for an ack before giving a message to another member
     /// (e.g. after a crash). Default 60 s: longer than the slowest retry sequence.
     pub nats_ack_wait_ms: u64,
+    /// Default `127.0.0.1:9092`.
+    pub kafka_bootstrap_servers: String,
+    /// Partitions of the topics the platform creates on Kafka. Default 8.
+    pub kafka_partitions: i32,
 }
 
 impl Default for BrokerConfig {
@@ -178,6 +183,8 @@ impl Default for BrokerConfig {
             nats_stream_prefix: "EDDY".to_owned(),
             nats_subject_prefix: "eddy".to_owned(),
             nats_ack_wait_ms: 60_000,
+            kafka_bootstrap_servers: "127.0.0.1:9092".to_owned(),
+            kafka_partitions: 8,
         }
     }
 }

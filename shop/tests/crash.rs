@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
@@ -40,23 +42,6 @@ async fn start(data: &std::path::Path) -> (Child, String) {
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, base)
-}
-
-async fn all_orders(http: &reqwest::Client, base: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("{base}/v1/customers/crash/orders?limit=100");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let page: Value = http.get(url).send().await.unwrap().json().await.unwrap();
-        out.extend(page["items"].as_array().unwrap().iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => return out,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +117,7 @@ async fn a_hard_kill_mid_flight_loses_nothing_and_charges_nothing_twice() {
     let (mut child, base) = start(dir.path()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let orders = loop {
-        let orders = all_orders(&http, &base).await;
+        let orders = common::all_orders(&http, &base, "crash").await;
         if orders.iter().all(|o| o["status"] != "PENDING") {
             break orders;
         }
@@ -148,70 +133,12 @@ async fn a_hard_kill_mid_flight_loses_nothing_and_charges_nothing_twice() {
         orders.len()
     );
 
-    let mut taken: HashMap<String, i64> = HashMap::new();
-    let (mut confirmed, mut cancelled) = (0, 0);
-    for order in &orders {
-        let id = order["id"].as_str().unwrap();
-        let charges: Value = http
-            .get(format!("{base}/v1/payments?order_id={id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let captured = charges["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["status"] == "captured")
-            .count();
-        assert!(captured <= 1, "order {id} charged {captured} times");
-        match order["status"].as_str().unwrap() {
-            "CONFIRMED" => {
-                confirmed += 1;
-                assert_eq!(captured, 1, "confirmed order {id} has its charge");
-                for line in order["lines"].as_array().unwrap() {
-                    *taken
-                        .entry(line["product_id"].as_str().unwrap().to_owned())
-                        .or_default() += line["quantity"].as_i64().unwrap();
-                }
-            }
-            "CANCELLED" => {
-                cancelled += 1;
-                assert_eq!(captured, 0, "cancelled order {id} was not charged");
-            }
-            other => panic!("order {id} is {other}"),
-        }
-    }
+    let (confirmed, cancelled) =
+        common::check_outcomes(&http, &base, &orders, &stock_at_start).await;
     eprintln!(
         "{} orders: {confirmed} confirmed, {cancelled} cancelled",
         orders.len()
     );
     assert!(confirmed > 0 && cancelled > 0, "both outcomes occurred");
-
-    for (product, start) in &stock_at_start {
-        let expected = start - taken.get(product).copied().unwrap_or(0);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let p: Value = http
-                .get(format!("{base}/v1/products/{product}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if p["stock"] == expected {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "product {product}: stock {} but {expected} expected",
-                p["stock"]
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
     child.kill().await.unwrap();
 }

@@ -237,91 +237,12 @@ async fn a_thousand_orders_across_processes_survive_a_killed_consumer() {
     }
 
     // Every order settles.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    let orders = loop {
-        let mut all = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut url = format!("{base}/v1/customers/scale/orders?limit=100");
-            if let Some(c) = &cursor {
-                url.push_str(&format!("&cursor={c}"));
-            }
-            let page: Value = http.get(url).send().await.unwrap().json().await.unwrap();
-            all.extend(page["items"].as_array().unwrap().iter().cloned());
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_owned()),
-                None => break,
-            }
-        }
-        let pending = all.iter().filter(|o| o["status"] == "PENDING").count();
-        if pending == 0 {
-            break all;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{pending} orders still pending"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let orders = common::settled_orders(&http, &base, "scale", Duration::from_secs(240)).await;
     assert_eq!(orders.len(), 1002, "1,000 orders and 2 probes, each once");
-
-    let mut taken: HashMap<String, i64> = HashMap::new();
-    let (mut confirmed, mut cancelled) = (0, 0);
-    for order in &orders {
-        let id = order["id"].as_str().unwrap();
-        let charges: Value = http
-            .get(format!("{base}/v1/payments?order_id={id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let captured = charges["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["status"] == "captured")
-            .count();
-        assert!(captured <= 1, "order {id} charged {captured} times");
-        if order["status"] == "CONFIRMED" {
-            confirmed += 1;
-            assert_eq!(captured, 1);
-            for line in order["lines"].as_array().unwrap() {
-                *taken
-                    .entry(line["product_id"].as_str().unwrap().to_owned())
-                    .or_default() += line["quantity"].as_i64().unwrap();
-            }
-        } else {
-            cancelled += 1;
-            assert_eq!(captured, 0);
-        }
-    }
+    let (confirmed, cancelled) =
+        common::check_outcomes(&http, &base, &orders, &stock_at_start).await;
     eprintln!("{confirmed} confirmed, {cancelled} cancelled");
     assert!(confirmed > 0 && cancelled > 0);
-    for (product, start) in &stock_at_start {
-        let expected = start - taken.get(product).copied().unwrap_or(0);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let p: Value = http
-                .get(format!("{base}/v1/products/{product}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if p["stock"] == expected {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "stock {} but {expected} expected",
-                p["stock"]
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
     for (_, (mut child, _)) in processes {
         let _ = child.kill().await;
     }

@@ -179,6 +179,19 @@ impl Kafka {
         self.create_topic(topic, self.config.partitions).await
     }
 
+    /// Whether a broker answers a metadata request within a second (for readiness).
+    pub async fn is_reachable(&self) -> bool {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(1))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Asks the cluster's metadata whether `topic` exists (and has partitions).
     async fn topic_exists(&self, topic: &str) -> Result<bool, Error> {
         let producer = self.producer.clone();

@@ -8,10 +8,12 @@
 //!   [`eddy_core::Subscriber`] adapter must pass. Adapters instantiate it with
 //!   [`conformance_tests!`].
 //! - [`events`] — small typed events for tests.
+//! - [`tansu`] — a Kafka-compatible broker started for one test.
 
 pub mod conformance;
 pub mod db;
 pub mod events;
+pub mod tansu;
 
 pub use db::TestDb;
 

@@ -241,3 +241,114 @@ impl TestApp {
         body["items"].as_array().unwrap().clone()
     }
 }
+
+/// Every order of `customer`, through the paginated listing at `base`.
+pub async fn all_orders(http: &reqwest::Client, base: &str, customer: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/customers/{customer}/orders?limit=100");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+        out.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// Waits until no order of `customer` is PENDING (or fails after `patience`); returns them.
+pub async fn settled_orders(
+    http: &reqwest::Client,
+    base: &str,
+    customer: &str,
+    patience: Duration,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let orders = all_orders(http, base, customer).await;
+        let pending = orders.iter().filter(|o| o["status"] == "PENDING").count();
+        if pending == 0 {
+            return orders;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pending} orders still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The invariants after a storm: every order is settled; a confirmed order has exactly
+/// one captured charge and a cancelled one none; and each product's stock equals its
+/// starting stock minus what confirmed orders took. Returns (confirmed, cancelled).
+pub async fn check_outcomes(
+    http: &reqwest::Client,
+    base: &str,
+    orders: &[Value],
+    stock_at_start: &std::collections::HashMap<String, i64>,
+) -> (usize, usize) {
+    let mut taken: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let (mut confirmed, mut cancelled) = (0, 0);
+    for order in orders {
+        let id = order["id"].as_str().unwrap();
+        let charges: Value = http
+            .get(format!("{base}/v1/payments?order_id={id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let captured = charges["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["status"] == "captured")
+            .count();
+        assert!(captured <= 1, "order {id} charged {captured} times");
+        match order["status"].as_str().unwrap() {
+            "CONFIRMED" => {
+                confirmed += 1;
+                assert_eq!(captured, 1, "confirmed order {id} has its charge");
+                for line in order["lines"].as_array().unwrap() {
+                    *taken
+                        .entry(line["product_id"].as_str().unwrap().to_owned())
+                        .or_default() += line["quantity"].as_i64().unwrap();
+                }
+            }
+            "CANCELLED" => {
+                cancelled += 1;
+                assert_eq!(captured, 0, "cancelled order {id} was not charged");
+            }
+            other => panic!("order {id} is {other}"),
+        }
+    }
+    for (product, start) in stock_at_start {
+        let expected = start - taken.get(product).copied().unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let p: Value = http
+                .get(format!("{base}/v1/products/{product}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if p["stock"] == expected {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "product {product}: stock {} but {expected} expected",
+                p["stock"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    (confirmed, cancelled)
+}
