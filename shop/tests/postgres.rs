@@ -94,3 +94,38 @@ async fn the_saga_runs_on_postgresql_with_nats_jetstream() {
     app.wait_stock(&product, 0).await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_runs_on_postgresql_with_kafka() {
+    let tansu = eddy_testkit::tansu::Tansu::start();
+    let bootstrap = tansu.bootstrap().to_owned();
+    let app = common::spawn_app_on_postgres(move |config| {
+        config.broker.kind = "kafka".to_owned();
+        config.broker.kafka_bootstrap_servers = bootstrap;
+        config.broker.kafka_partitions = 4;
+    })
+    .await;
+    let product = app.product(650, 3).await;
+    let first = app
+        .order(
+            "sam",
+            json!([{"product_id": product, "quantity": 2}]),
+            Some("sam-1"),
+        )
+        .await;
+    assert_eq!(
+        app.settled(first["id"].as_str().unwrap()).await["status"],
+        "CONFIRMED"
+    );
+    let second = app
+        .order("sam", json!([{"product_id": product, "quantity": 2}]), None)
+        .await;
+    assert_eq!(
+        app.settled(second["id"].as_str().unwrap()).await["cancel_reason"],
+        "out_of_stock"
+    );
+    assert_eq!(app.charges(first["id"].as_str().unwrap()).await.len(), 1);
+    app.wait_stock(&product, 1).await;
+    app.stop().await;
+    drop(tansu);
+}

@@ -49,12 +49,7 @@ async fn start(args: &[&str], env: &[(String, String)], ready_prefix: &str) -> (
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_orders_across_processes_survive_a_killed_consumer() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut databases = Vec::new();
-    for _ in SERVICES {
-        databases.push(eddy_testkit::TestDb::postgres().await);
-    }
+async fn a_thousand_orders_across_processes_survive_a_killed_consumer_on_nats() {
     let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
     let nats = eddy_nats::NatsConfig {
         url: std::env::var("EDDY_TEST_NATS_URL")
@@ -64,6 +59,37 @@ async fn a_thousand_orders_across_processes_survive_a_killed_consumer() {
         ..eddy_nats::NatsConfig::default()
     };
     let _streams = common::NatsStreams::new(nats.clone());
+    let broker = vec![
+        ("EDDY_BROKER__KIND".to_owned(), "nats".to_owned()),
+        ("EDDY_BROKER__NATS_URL".to_owned(), nats.url.clone()),
+        (
+            "EDDY_BROKER__NATS_STREAM_PREFIX".to_owned(),
+            nats.stream_prefix.clone(),
+        ),
+        (
+            "EDDY_BROKER__NATS_SUBJECT_PREFIX".to_owned(),
+            nats.subject_prefix.clone(),
+        ),
+        (
+            "EDDY_BROKER__NATS_ACK_WAIT_MS".to_owned(),
+            "3000".to_owned(),
+        ),
+    ];
+    thousand_orders_with_a_killed_consumer(broker).await;
+}
+
+// The same run on Kafka (tansu) is not here yet: it passed once and stalled once (orders
+// left PENDING after the restart). The suspect is tansu 0.6.0 not serving a fetch that
+// starts inside a record batch, which a restarted member does when its group's committed
+// offset falls mid-batch (shown in isolation in eddy-kafka's conformance tests). Recorded
+// in the session notes; to be settled before this test is added for Kafka.
+
+async fn thousand_orders_with_a_killed_consumer(broker: Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut databases = Vec::new();
+    for _ in SERVICES {
+        databases.push(eddy_testkit::TestDb::postgres().await);
+    }
 
     let (_provider, provider_url) = start(
         &["provider", "--listen", "127.0.0.1:0"],
@@ -77,30 +103,21 @@ async fn a_thousand_orders_across_processes_survive_a_killed_consumer() {
     .await;
 
     let env_for = |service: &str, db: &str| -> Vec<(String, String)> {
-        vec![
+        let mut env = broker.clone();
+        env.extend(vec![
             (
                 format!("EDDY_DATABASES__{}", service.to_uppercase()),
                 db.to_owned(),
             ),
             ("EDDY_INSTANCE_ID".into(), service.to_owned()),
             ("EDDY_DATA_DIR".into(), dir.path().display().to_string()),
-            ("EDDY_BROKER__KIND".into(), "nats".into()),
-            ("EDDY_BROKER__NATS_URL".into(), nats.url.clone()),
-            (
-                "EDDY_BROKER__NATS_STREAM_PREFIX".into(),
-                nats.stream_prefix.clone(),
-            ),
-            (
-                "EDDY_BROKER__NATS_SUBJECT_PREFIX".into(),
-                nats.subject_prefix.clone(),
-            ),
-            ("EDDY_BROKER__NATS_ACK_WAIT_MS".into(), "3000".into()),
             ("EDDY_PROVIDER__EMBEDDED".into(), "false".into()),
             ("EDDY_PAYMENTS__PROVIDER_URL".into(), provider_url.clone()),
             ("EDDY_CONSUMER__BACKOFF_INITIAL_MS".into(), "20".into()),
             ("EDDY_CONSUMER__BACKOFF_MAX_MS".into(), "200".into()),
             ("EDDY_LOG_LEVEL".into(), "warn".into()),
-        ]
+        ]);
+        env
     };
     let mut processes: HashMap<&str, (Child, String)> = HashMap::new();
     for (service, db) in SERVICES.iter().zip(&databases) {
