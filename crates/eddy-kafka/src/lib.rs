@@ -13,6 +13,8 @@
 //!   `auto.offset.reset=earliest`, `session.timeout.ms=30000`,
 //!   `heartbeat.interval.ms=3000`, `max.poll.interval.ms=300000`.
 //!
+//! Consumer groups: Eddy group `g` on topic `t` is the Kafka group `g.t` ([`group_id`]).
+//!
 //! Topics are created through the admin API on first use ([`KafkaConfig::partitions`]);
 //! dead letters go to `<topic>.dlq` like every other topic.
 //!
@@ -317,7 +319,7 @@ impl Subscriber for Kafka {
             &CONSUMER_DEFAULTS,
             &self.config.consumer,
         );
-        config.set("group.id", group);
+        config.set("group.id", group_id(group, topic));
         let consumer: StreamConsumer = config
             .create()
             .map_err(|e| kafka_error("cannot create a consumer", e))?;
@@ -329,6 +331,13 @@ impl Subscriber for Kafka {
             consumer: Arc::new(consumer),
         }))
     }
+}
+
+/// The Kafka group id of Eddy group `group` on `topic`: `<group>.<topic>`. One Kafka group
+/// per topic, so a service that consumes three topics has three groups that rebalance
+/// independently — a member joining or leaving on one topic does not stop the others.
+pub fn group_id(group: &str, topic: &str) -> String {
+    format!("{group}.{topic}")
 }
 
 /// One member of a consumer group.
