@@ -165,17 +165,15 @@ impl Consumer {
 
         let mut ticker = tokio::time::interval(self.config.commit_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let fetch_result = tokio::select! {
-            _ = shutdown.cancelled() => None,
-            result = async {
-                let mut fetcher = fetcher;
-                loop {
-                    tokio::select! {
-                        result = &mut fetcher => break result,
-                        _ = ticker.tick() => commit(&shared, subscription.as_ref()).await,
-                    }
-                }
-            } => Some(result),
+        // Commits run outside the `select!`: a commit is never cancelled half-way.
+        let mut fetcher = fetcher;
+        let fetch_result = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break None,
+                result = &mut fetcher => break Some(result),
+                _ = ticker.tick() => {}
+            }
+            commit(&shared, subscription.as_ref()).await;
         };
         stop_fetching.cancel();
 

@@ -174,11 +174,23 @@ impl Db {
     /// Begins a write transaction. On SQLite this is `BEGIN IMMEDIATE`: it takes the
     /// write lock up front, so a transaction that reads before it writes never fails
     /// with a busy-snapshot error when another connection committed in between.
+    ///
+    /// The `BEGIN` runs on a task of its own, so a caller cancelled mid-begin (an HTTP
+    /// client that hung up, a timeout) cannot leave the pooled connection inside a
+    /// transaction: sqlx 0.8 mishandles a `begin_with` whose future is dropped after the
+    /// server ran it (the next dropped transaction on that connection is then never
+    /// rolled back, and the connection holds SQLite's write lock for good).
     pub async fn begin(&self) -> Result<Tx, Error> {
-        let tx = match self.inner.backend {
-            Backend::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.inner.pool.begin().await,
-        }
+        let pool = self.inner.pool.clone();
+        let backend = self.inner.backend;
+        let tx = tokio::spawn(async move {
+            match backend {
+                Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+                Backend::Postgres => pool.begin().await,
+            }
+        })
+        .await
+        .map_err(|e| Error::transient("the task beginning a transaction failed").with_source(e))?
         .map_err(|e| classify("cannot begin a transaction", e))?;
         Ok(Tx {
             tx,
@@ -267,10 +279,15 @@ impl Tx {
         Ok(())
     }
 
+    /// Commits. Like `BEGIN`, the `COMMIT` runs on a task of its own, so cancelling the
+    /// caller cannot leave the connection between the two.
     pub async fn commit(self) -> Result<(), Error> {
-        self.tx
-            .commit()
+        let tx = self.tx;
+        tokio::spawn(async move { tx.commit().await })
             .await
+            .map_err(|e| {
+                Error::transient("the task committing a transaction failed").with_source(e)
+            })?
             .map_err(|e| classify("cannot commit", e))?;
         for channel in &self.signals {
             self.db.inner.signals.bump(channel);
