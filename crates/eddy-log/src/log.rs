@@ -258,25 +258,11 @@ impl Log {
         if let Some(count) = self.cached_partitions(topic) {
             return Ok(count);
         }
-        let count: Option<i64> =
-            sqlx::query_scalar("SELECT partitions FROM eddy_log_topics WHERE topic = $1")
-                .bind(topic)
-                .fetch_optional(self.inner.db.pool())
-                .await
-                .map_err(|e| classify("cannot read topic", e))?;
-        match count {
-            Some(count) => {
-                let count = u32::try_from(count)
-                    .map_err(|e| Error::permanent("bad partition count").with_source(e))?;
-                self.cache_partitions(topic, count);
-                Ok(count)
-            }
-            None if self.inner.config.auto_create_topics => {
-                self.create_topic(topic, self.inner.config.default_partitions)
-                    .await
-            }
-            None => Err(Error::permanent(format!("topic {topic:?} does not exist"))),
-        }
+        let mut tx = self.inner.db.begin().await?;
+        let count = self.partitions_in(&mut tx, topic).await?;
+        tx.commit().await?;
+        self.cache_partitions(topic, count);
+        Ok(count)
     }
 
     fn cached_partitions(&self, topic: &str) -> Option<u32> {
