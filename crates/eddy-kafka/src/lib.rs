@@ -18,30 +18,40 @@
 //! Topics are created through the admin API on first use ([`KafkaConfig::partitions`]);
 //! dead letters go to `<topic>.dlq` like every other topic.
 //!
-//! Rebalances: a commit names only partitions this member still owns (a revoked
-//! partition's positions are the new owner's business), so a late commit after a
-//! revocation is dropped rather than failing forever; messages fetched but not committed
-//! before the revocation are delivered again to the new owner, and idempotent handlers
-//! absorb the repeat.
+//! Each subscription polls on a thread of its own and hands messages to the runtime
+//! through a bounded buffer ([`KafkaConfig::buffer_len`]). When the buffer is full the
+//! thread *pauses* its partitions and keeps polling, so slow handlers and long retry
+//! backoffs never stop the polls that keep a member in its group
+//! (`max.poll.interval.ms`).
+//!
+//! Rebalances: when partitions are revoked, the subscription stops handing out their
+//! messages, drops those still buffered, and waits — up to
+//! [`KafkaConfig::revocation_timeout`] — until the runtime has finished and committed
+//! every message it already handed out on them; only then does it let the partitions
+//! go. Work still running after the timeout is abandoned: its commit is dropped (the
+//! partition is no longer ours) and the new owner processes it again, which idempotent
+//! handlers absorb. A commit never moves a partition's position below where this
+//! member's assignment started.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eddy_core::{
-    transport, Delivery, Envelope, Error, Message, Publisher, Subscriber, Subscription, Undecodable,
-};
-use futures::FutureExt;
+use eddy_core::{transport, Envelope, Error, Publisher, Subscriber, Subscription};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Message as _, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
+
+mod subscription;
+
+pub use subscription::KafkaSubscription;
 
 /// Settings of the adapter. Every field has a documented default.
 #[derive(Debug, Clone)]
@@ -56,6 +66,16 @@ pub struct KafkaConfig {
     pub producer: BTreeMap<String, String>,
     /// librdkafka consumer settings, applied over the defaults above.
     pub consumer: BTreeMap<String, String>,
+    /// Messages a subscription holds between its poll thread and the runtime. When the
+    /// runtime falls behind, the poll thread pauses its partitions instead of blocking,
+    /// so it keeps polling and the member stays in its group however long handlers
+    /// take. Default 1024.
+    pub buffer_len: usize,
+    /// How long a revocation waits for the work already handed out on the revoked
+    /// partitions to finish and be committed before the partitions go (the rest is
+    /// abandoned and delivered again to the new owner). Keep it well below
+    /// `max.poll.interval.ms`: the whole group waits for it. Default 10 s.
+    pub revocation_timeout: Duration,
 }
 
 impl Default for KafkaConfig {
@@ -66,6 +86,8 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             producer: BTreeMap::new(),
             consumer: BTreeMap::new(),
+            buffer_len: 1024,
+            revocation_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -130,6 +152,7 @@ pub struct Kafka {
     admin: Arc<AdminClient<DefaultClientContext>>,
     config: Arc<KafkaConfig>,
     topics: Arc<Mutex<HashSet<String>>>,
+    lag_readers: Arc<Mutex<HashMap<String, Arc<BaseConsumer>>>>,
 }
 
 impl fmt::Debug for Kafka {
@@ -158,6 +181,7 @@ impl Kafka {
             admin: Arc::new(admin),
             config: Arc::new(config),
             topics: Arc::default(),
+            lag_readers: Arc::default(),
         })
     }
 
@@ -245,6 +269,62 @@ impl Kafka {
         Ok(())
     }
 
+    /// Messages of `topic` that Eddy group `group` has not committed: per partition, the
+    /// high watermark minus the group's committed offset (the low watermark when the
+    /// group has committed nothing there).
+    pub async fn lag(&self, group: &str, topic: &str) -> Result<u64, Error> {
+        let reader = self.lag_reader(group, topic)?;
+        let topic = topic.to_owned();
+        // Metadata, offset and watermark requests block their thread.
+        tokio::task::spawn_blocking(move || -> Result<u64, KafkaError> {
+            let timeout = Duration::from_secs(5);
+            let metadata = reader.fetch_metadata(Some(&topic), timeout)?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic)
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            let mut list = TopicPartitionList::new();
+            for p in &partitions {
+                list.add_partition(&topic, *p);
+            }
+            let committed = reader.committed_offsets(list, timeout)?;
+            let mut lag = 0u64;
+            for p in partitions {
+                let (low, high) = reader.fetch_watermarks(&topic, p, timeout)?;
+                let position = match committed.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(offset)) => offset.max(low),
+                    _ => low,
+                };
+                lag += u64::try_from(high - position).unwrap_or(0);
+            }
+            Ok(lag)
+        })
+        .await
+        .map_err(|e| Error::transient(format!("lag task failed: {e}")))?
+        .map_err(|e| kafka_error("cannot read the consumer lag", e))
+    }
+
+    /// A consumer that never joins its group, only reads the group's committed offsets.
+    fn lag_reader(&self, group: &str, topic: &str) -> Result<Arc<BaseConsumer>, Error> {
+        let id = group_id(group, topic);
+        let mut readers = self.lag_readers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reader) = readers.get(&id) {
+            return Ok(reader.clone());
+        }
+        let mut config = client_config(&self.config.bootstrap_servers, &[], &BTreeMap::new());
+        config.set("group.id", &id);
+        config.set("enable.auto.commit", "false");
+        let reader: Arc<BaseConsumer> = Arc::new(
+            config
+                .create()
+                .map_err(|e| kafka_error("cannot create a lag reader", e))?,
+        );
+        readers.insert(id, reader.clone());
+        Ok(reader)
+    }
+
     /// Deletes `topic` (for tests and tooling).
     pub async fn delete_topic(&self, topic: &str) -> Result<(), Error> {
         self.topics
@@ -313,6 +393,14 @@ impl Publisher for Kafka {
 #[async_trait]
 impl Subscriber for Kafka {
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, Error> {
+        Ok(Box::new(self.member(topic, group).await?))
+    }
+}
+
+impl Kafka {
+    /// Joins Eddy group `group` on `topic` (the Kafka group [`group_id`]); the same as
+    /// [`Subscriber::subscribe`], with the concrete type.
+    pub async fn member(&self, topic: &str, group: &str) -> Result<KafkaSubscription, Error> {
         self.ensure_topic(topic).await?;
         let mut config = client_config(
             &self.config.bootstrap_servers,
@@ -320,16 +408,12 @@ impl Subscriber for Kafka {
             &self.config.consumer,
         );
         config.set("group.id", group_id(group, topic));
-        let consumer: StreamConsumer = config
-            .create()
-            .map_err(|e| kafka_error("cannot create a consumer", e))?;
-        consumer
-            .subscribe(&[topic])
-            .map_err(|e| kafka_error("cannot subscribe", e))?;
-        Ok(Box::new(KafkaSubscription {
-            topic: topic.to_owned(),
-            consumer: Arc::new(consumer),
-        }))
+        KafkaSubscription::start(
+            config,
+            topic,
+            self.config.buffer_len,
+            self.config.revocation_timeout,
+        )
     }
 }
 
@@ -338,112 +422,4 @@ impl Subscriber for Kafka {
 /// independently — a member joining or leaving on one topic does not stop the others.
 pub fn group_id(group: &str, topic: &str) -> String {
     format!("{group}.{topic}")
-}
-
-/// One member of a consumer group.
-pub struct KafkaSubscription {
-    topic: String,
-    consumer: Arc<StreamConsumer>,
-}
-
-impl fmt::Debug for KafkaSubscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaSubscription")
-            .field("topic", &self.topic)
-            .finish_non_exhaustive()
-    }
-}
-
-fn delivery(message: &BorrowedMessage<'_>) -> Delivery {
-    let headers: Vec<(String, String)> = message
-        .headers()
-        .map(|h| {
-            h.iter()
-                .map(|header| {
-                    (
-                        header.key.to_owned(),
-                        String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let payload = message.payload().map(<[u8]>::to_vec).unwrap_or_default();
-    let body = match transport::from_headers(
-        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        payload.clone(),
-    ) {
-        Ok(envelope) => Message::Event(envelope),
-        Err(error) => Message::Undecodable(Undecodable {
-            key: message
-                .key()
-                .map(|k| String::from_utf8_lossy(k).into_owned()),
-            headers,
-            payload,
-            error: error.to_string(),
-        }),
-    };
-    Delivery {
-        topic: message.topic().to_owned(),
-        partition: u32::try_from(message.partition()).unwrap_or(0),
-        offset: u64::try_from(message.offset()).unwrap_or(0),
-        message: body,
-    }
-}
-
-#[async_trait]
-impl Subscription for KafkaSubscription {
-    async fn fetch(&self, max_len: usize) -> Result<Vec<Delivery>, Error> {
-        let first = self
-            .consumer
-            .recv()
-            .await
-            .map_err(|e| kafka_error("cannot receive", e))?;
-        let mut out = vec![delivery(&first)];
-        drop(first);
-        // Take what is already buffered, without waiting.
-        while out.len() < max_len.max(1) {
-            match self.consumer.recv().now_or_never() {
-                Some(Ok(message)) => out.push(delivery(&message)),
-                Some(Err(error)) => return Err(kafka_error("cannot receive", error)),
-                None => break,
-            }
-        }
-        Ok(out)
-    }
-
-    async fn commit(&self, offsets: &[(u32, u64)]) -> Result<(), Error> {
-        let assigned = self
-            .consumer
-            .assignment()
-            .map_err(|e| kafka_error("cannot read the assignment", e))?;
-        let mut list = TopicPartitionList::new();
-        for &(partition, next) in offsets {
-            let partition = i32::try_from(partition).unwrap_or(i32::MAX);
-            if assigned.find_partition(&self.topic, partition).is_none() {
-                tracing::debug!(topic = %self.topic, partition, "not committing a partition this member no longer owns");
-                continue;
-            }
-            list.add_partition_offset(
-                &self.topic,
-                partition,
-                Offset::Offset(i64::try_from(next).unwrap_or(i64::MAX)),
-            )
-            .map_err(|e| kafka_error("bad offset", e))?;
-        }
-        if list.count() == 0 {
-            return Ok(());
-        }
-        let consumer = self.consumer.clone();
-        // A synchronous commit blocks its thread until the broker answers.
-        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
-            .await
-            .map_err(|e| Error::transient(format!("commit task failed: {e}")))?
-            .map_err(|e| kafka_error("cannot commit offsets", e))
-    }
-
-    async fn close(&self) -> Result<(), Error> {
-        self.consumer.unsubscribe();
-        Ok(())
-    }
 }

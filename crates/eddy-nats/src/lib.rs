@@ -168,6 +168,22 @@ impl Nats {
         }
     }
 
+    /// Messages of `topic` that `group` has not acknowledged: those not yet delivered
+    /// to it plus those delivered and awaiting an ack.
+    pub async fn lag(&self, group: &str, topic: &str) -> Result<u64, Error> {
+        let name = self.stream_name(topic);
+        let stream = self
+            .js
+            .get_stream(&name)
+            .await
+            .map_err(|e| transient(&format!("cannot find stream {name}"), e))?;
+        let info = stream
+            .consumer_info(group)
+            .await
+            .map_err(|e| transient(&format!("cannot read consumer {group}"), e))?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+
     fn known(&self, topic: &str) -> bool {
         self.streams
             .lock()

@@ -93,3 +93,34 @@ impl Fixture for NatsFixture {
 }
 
 eddy_testkit::conformance_tests!(jetstream, fixture());
+
+#[tokio::test]
+async fn lag_is_what_the_group_has_not_acknowledged() {
+    use eddy_testkit::conformance::Fixture as _;
+    let fixture = fixture().await;
+    let topic = fixture.topic(1).await;
+    let events = eddy_testkit::events::Numbered::interleaved(2, 5);
+    fixture.nats.publish(&topic, &events).await.unwrap();
+    let member = fixture.nats.subscribe(&topic, "billing").await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 6 {
+        seen.extend(member.fetch(6 - seen.len()).await.unwrap());
+    }
+    // Six delivered, none acknowledged: all ten are lag.
+    assert_eq!(fixture.nats.lag("billing", &topic).await.unwrap(), 10);
+    let next = seen.iter().map(|d| d.offset).max().unwrap() + 1;
+    member.commit(&[(0, next)]).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let lag = fixture.nats.lag("billing", &topic).await.unwrap();
+        if lag == 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag stayed {lag}, not 4"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    member.close().await.unwrap();
+}

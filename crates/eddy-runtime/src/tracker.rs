@@ -28,8 +28,14 @@ impl OffsetTracker {
     }
 
     /// A message was handed to a handler.
+    ///
+    /// An offset below the committed mark is a redelivery: the partition went to
+    /// another member (or was revoked) and came back from the broker's position, which
+    /// is lower than this tracker's. The mark follows it down, so that finishing the
+    /// redelivered messages commits them again.
     pub fn dispatched(&mut self, partition: u32, offset: u64) {
         let p = self.partitions.entry(partition).or_default();
+        p.committed = p.committed.min(offset);
         p.pending.insert(offset);
         p.dispatched_end = p.dispatched_end.max(offset + 1);
     }
@@ -87,6 +93,23 @@ mod tests {
         tracker.finished(0, 7);
         assert_eq!(tracker.committable(), vec![(0, 10)]);
         assert_eq!(tracker.pending_len(), 0);
+    }
+
+    #[test]
+    fn a_redelivered_partition_is_committed_again() {
+        let mut tracker = OffsetTracker::new();
+        for offset in 0..4 {
+            tracker.dispatched(0, offset);
+            tracker.finished(0, offset);
+        }
+        tracker.committed(&tracker.committable());
+        // The partition came back from offset 2: finishing 2 and 3 again commits 4 again.
+        tracker.dispatched(0, 2);
+        tracker.dispatched(0, 3);
+        assert_eq!(tracker.committable(), vec![]);
+        tracker.finished(0, 2);
+        tracker.finished(0, 3);
+        assert_eq!(tracker.committable(), vec![(0, 4)]);
     }
 
     #[test]
