@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
-use crate::config::Config;
+use crate::config::{BrokerConfig, Config};
 use crate::contracts::*;
 use crate::problem::problem;
 use crate::service::ServiceDb;
@@ -76,6 +76,8 @@ impl Broker {
                 let kafka = eddy_kafka::Kafka::connect(eddy_kafka::KafkaConfig {
                     bootstrap_servers: config.broker.kafka_bootstrap_servers.clone(),
                     partitions: config.broker.kafka_partitions,
+                    producer: BrokerConfig::librdkafka(&config.broker.kafka_producer),
+                    consumer: BrokerConfig::librdkafka(&config.broker.kafka_consumer),
                     ..eddy_kafka::KafkaConfig::default()
                 })?;
                 for topic in [CATALOG_TOPIC, ORDERS_TOPIC, INVENTORY_TOPIC, PAYMENTS_TOPIC] {
@@ -145,7 +147,8 @@ impl Broker {
                         .sum(),
                 )
             }
-            Broker::Nats(_) | Broker::Kafka(_) => None,
+            Broker::Kafka(kafka) => kafka.lag(group, topic).await.ok(),
+            Broker::Nats(nats) => nats.lag(group, topic).await.ok(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! (`EDDY_SERVER__LISTEN=0.0.0.0:8080` sets `server.listen`), validated at start.
 //! Every default is written here, next to its field, and in `docs/configuration.md`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -173,6 +174,57 @@ pub struct BrokerConfig {
     pub kafka_bootstrap_servers: String,
     /// Partitions of the topics the platform creates on Kafka. Default 8.
     pub kafka_partitions: i32,
+    /// librdkafka producer settings over Eddy's defaults (see `eddy_kafka`), e.g.
+    /// `"linger.ms" = "10"`. In environment variables write the dots as underscores:
+    /// `EDDY_BROKER__KAFKA_PRODUCER__LINGER_MS=10`. Default none.
+    #[serde(deserialize_with = "scalar_map")]
+    pub kafka_producer: BTreeMap<String, String>,
+    /// librdkafka consumer settings over Eddy's defaults, written like `kafka_producer`.
+    /// Default none.
+    #[serde(deserialize_with = "scalar_map")]
+    pub kafka_consumer: BTreeMap<String, String>,
+}
+
+/// A map of client settings whose values may arrive as strings, numbers or booleans
+/// (environment variables are typed by their look: `500` is a number).
+fn scalar_map<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+        Flag(bool),
+    }
+    let map = BTreeMap::<String, Scalar>::deserialize(deserializer)?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Scalar::Text(s) => s,
+                Scalar::Unsigned(n) => n.to_string(),
+                Scalar::Signed(n) => n.to_string(),
+                Scalar::Float(n) => n.to_string(),
+                Scalar::Flag(b) => b.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
+}
+
+impl BrokerConfig {
+    /// `settings` with underscores read as dots (librdkafka names contain no underscores;
+    /// environment variable names cannot contain dots).
+    pub fn librdkafka(settings: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        settings
+            .iter()
+            .map(|(k, v)| (k.replace('_', "."), v.clone()))
+            .collect()
+    }
 }
 
 impl Default for BrokerConfig {
@@ -185,6 +237,8 @@ impl Default for BrokerConfig {
             nats_ack_wait_ms: 60_000,
             kafka_bootstrap_servers: "127.0.0.1:9092".to_owned(),
             kafka_partitions: 8,
+            kafka_producer: BTreeMap::new(),
+            kafka_consumer: BTreeMap::new(),
         }
     }
 }
