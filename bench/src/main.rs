@@ -8,20 +8,35 @@
 //!   chart. `--quick` finishes in a few minutes.
 //! - `toolkit` measures the storage paths (outbox append, relay, consumer; S4/S7-style)
 //!   on SQLite and PostgreSQL against raw sqlx.
+//! - `brokers` is S5: publish and consume through the NATS and Kafka adapters next to
+//!   the raw clients on the same broker, at 16 B, 256 B and 1 KB.
+//! - `orders` is S4: `POST /v1/orders` on PostgreSQL with the relay publishing to NATS,
+//!   against pgbench running the same statements at the same concurrency.
 //! - `serve` is internal: the server processes the suite starts.
+//!
+//! `all` runs every one of them in turn and writes each report (markdown, JSON, SVG) into
+//! `--out` (default `bench/results/`); `all --quick` takes about 6 minutes.
 //!
 //! ```text
 //! bench/peers/setup.sh                       # peers into bench/.venv and bench/peers/node
+//! cargo run --release -p eddy-bench -- all --quick
 //! cargo run --release -p eddy-bench -- suite --quick
 //! cargo run --release -p eddy-bench -- toolkit --events 20000 --repeat 3
 //! ```
 
+mod brokers;
+mod chart;
 mod loadgen;
+mod orders;
+mod peers;
 mod servers;
 mod suite;
 mod toolkit;
 
+use std::path::{Path, PathBuf};
+
 use clap::{Parser, Subcommand};
+use serde::Serialize;
 
 #[derive(Debug, Parser)]
 #[command(about = "Eddy's benchmark program")]
@@ -32,28 +47,152 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Every scenario that exists (S1–S5, S7): suite, orders, brokers, toolkit, one after
+    /// another; reports into `--out`.
+    All(AllArgs),
     /// HTTP scenarios S1–S3 against limits and peers.
     Suite(suite::SuiteArgs),
-    /// Outbox append, relay and consumer throughput on SQLite and PostgreSQL.
+    /// Outbox append, relay and consumer throughput on SQLite and PostgreSQL; S7.
     Toolkit(toolkit::Args),
+    /// S5: publish and consume through each broker adapter against the raw client.
+    Brokers(brokers::Args),
+    /// S4: POST /v1/orders on PostgreSQL with the relay running, against pgbench.
+    Orders(orders::Args),
     /// (internal) Run one benchmark server.
     Serve(servers::ServeArgs),
 }
 
+#[derive(Debug, clap::Args)]
+struct AllArgs {
+    /// Short runs, one round each (S1–S3 in quick mode): about 6 minutes in all.
+    #[arg(long)]
+    quick: bool,
+    /// Where every report (markdown, JSON, SVG) is written.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+}
+
+/// Parses a command's arguments as if given on the command line (defaults and
+/// environment variables apply).
+fn parse<T: clap::Args>(args: &[&str]) -> anyhow::Result<T> {
+    #[derive(Parser)]
+    struct Wrap<T: clap::Args> {
+        #[command(flatten)]
+        inner: T,
+    }
+    Ok(Wrap::<T>::try_parse_from(std::iter::once("eddy-bench").chain(args.iter().copied()))?.inner)
+}
+
+/// A report: printed, and with `--json x.json` written as `x.json` with its chart
+/// `x.svg`; `markdown_to`, when given, receives the markdown.
+struct Report<'a, R> {
+    results: &'a R,
+    json: Option<&'a Path>,
+    markdown_to: Option<&'a Path>,
+    markdown: String,
+    svg: String,
+}
+
+impl<R: Serialize> Report<'_, R> {
+    fn write(self) -> anyhow::Result<()> {
+        println!("{}", self.markdown);
+        if let Some(path) = self.json {
+            std::fs::write(path, serde_json::to_vec_pretty(self.results)?)?;
+            std::fs::write(path.with_extension("svg"), self.svg)?;
+            eprintln!("results written to {} and its .svg", path.display());
+        }
+        if let Some(path) = self.markdown_to {
+            std::fs::write(path, self.markdown)?;
+        }
+        Ok(())
+    }
+}
+
+async fn orders(args: orders::Args, markdown_to: Option<&Path>) -> anyhow::Result<()> {
+    let results = orders::run(&args).await?;
+    Report {
+        results: &results,
+        json: args.json.as_deref(),
+        markdown_to,
+        markdown: orders::markdown(&results),
+        svg: orders::chart(&results),
+    }
+    .write()
+}
+
+async fn brokers(args: brokers::Args, markdown_to: Option<&Path>) -> anyhow::Result<()> {
+    let results = brokers::run_all(&args).await?;
+    Report {
+        results: &results,
+        json: args.json.as_deref(),
+        markdown_to,
+        markdown: brokers::markdown(&results),
+        svg: brokers::chart(&results),
+    }
+    .write()
+}
+
+async fn toolkit(args: toolkit::Args, markdown_to: Option<&Path>) -> anyhow::Result<()> {
+    let results = toolkit::run_all(&args).await?;
+    Report {
+        results: &results,
+        json: args.json.as_deref(),
+        markdown_to,
+        markdown: toolkit::markdown(&results),
+        svg: toolkit::chart(&results),
+    }
+    .write()
+}
+
+async fn all(args: AllArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    let out = |name: &str| args.out.join(name).display().to_string();
+    let q = args.quick;
+    let mut suite_args = vec!["--out", args.out.to_str().unwrap_or("bench/results")];
+    if q {
+        suite_args.extend(["--quick", "--repeat", "1"]);
+    }
+    suite::run(parse(&suite_args)?).await?;
+    let (orders_json, brokers_json, toolkit_json) =
+        (out("orders.json"), out("brokers.json"), out("toolkit.json"));
+    let mut a = vec!["--json", orders_json.as_str()];
+    if q {
+        a.extend(["--seconds", "3", "--repeat", "1"]);
+    }
+    orders(parse(&a)?, Some(&args.out.join("orders.md"))).await?;
+    let mut a = vec!["--json", brokers_json.as_str()];
+    if q {
+        a.extend([
+            "--size",
+            "256",
+            "--messages",
+            "5000",
+            "--latency-secs",
+            "1",
+            "--repeat",
+            "1",
+        ]);
+    }
+    brokers(parse(&a)?, Some(&args.out.join("brokers.md"))).await?;
+    let mut a = vec!["--json", toolkit_json.as_str()];
+    if q {
+        a.extend(["--events", "5000", "--repeat", "1"]);
+    }
+    toolkit(parse(&a)?, Some(&args.out.join("toolkit.md"))).await?;
+    eprintln!("all reports are in {}", args.out.display());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let runtime = || tokio::runtime::Runtime::new();
     match cli.command {
         // Servers get a runtime of their own sized like a production service.
         Command::Serve(args) => servers::serve(args),
-        Command::Suite(args) => tokio::runtime::Runtime::new()?.block_on(suite::run(args)),
-        Command::Toolkit(args) => tokio::runtime::Runtime::new()?.block_on(async move {
-            let results = toolkit::run_all(&args).await?;
-            println!("{}", toolkit::markdown(&results));
-            if let Some(path) = &args.json {
-                std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
-                eprintln!("results written to {}", path.display());
-            }
-            Ok(())
-        }),
+        Command::All(args) => runtime()?.block_on(all(args)),
+        Command::Suite(args) => runtime()?.block_on(suite::run(args)),
+        Command::Brokers(args) => runtime()?.block_on(brokers(args, None)),
+        Command::Orders(args) => runtime()?.block_on(orders(args, None)),
+        Command::Toolkit(args) => runtime()?.block_on(toolkit(args, None)),
     }
 }

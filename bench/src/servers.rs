@@ -26,7 +26,7 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// raw, eddy or stub.
+    /// raw, eddy, stub, or shop (the platform, configured by EDDY_* variables).
     #[arg(long)]
     pub kind: String,
     #[arg(long, default_value_t = 0)]
@@ -264,6 +264,16 @@ fn app(kind: &str, stub_url: &str) -> anyhow::Result<Router> {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
+    if args.kind == "shop" {
+        // The platform itself, configured by EDDY_* variables (S4 runs its orders service).
+        return runtime.block_on(async move {
+            let config = shop::config::Config::load(None)?;
+            let platform = shop::app::start(config).await?;
+            println!("listening on {}", platform.api_addr.port());
+            tokio::signal::ctrl_c().await?;
+            platform.stop().await
+        });
+    }
     runtime.block_on(async move {
         let router = app(&args.kind, &args.stub_url)?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;

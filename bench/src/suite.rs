@@ -533,54 +533,29 @@ fn markdown(result: &SuiteResult) -> String {
 /// A bar chart of throughput per variant, one group per scenario, as a fraction of the
 /// scenario's limit (so scenarios with different scales share one axis).
 fn svg(result: &SuiteResult) -> String {
-    let colours = [
-        ("raw axum", "#7f8c8d"),
-        ("eddy", "#2e86de"),
-        ("fastify", "#27ae60"),
-        ("fastapi", "#e67e22"),
-    ];
-    let bar_h = 16.0;
-    let group_gap = 28.0;
-    let left = 150.0;
-    let width = 520.0;
-    let mut y = 40.0;
-    let mut body = String::new();
-    for s in &result.scenarios {
-        body.push_str(&format!(
-            "<text x=\"10\" y=\"{:.0}\" font-weight=\"bold\">{} (limit {:.0}/s)</text>\n",
-            y - 6.0,
-            s.id,
-            s.limit_rps
-        ));
-        for v in &s.variants {
-            let colour = colours
+    let groups: Vec<crate::chart::Group> = result
+        .scenarios
+        .iter()
+        .map(|s| crate::chart::Group {
+            title: format!("{} (limit {:.0}/s)", s.id, s.limit_rps),
+            reference: s.limit_rps,
+            bars: s
+                .variants
                 .iter()
-                .find(|(n, _)| *n == v.variant)
-                .map_or("#999", |(_, c)| *c);
-            let fraction = (v.median_rps / s.limit_rps).clamp(0.0, 1.2);
-            body.push_str(&format!(
-                "<text x=\"20\" y=\"{:.0}\">{}</text><rect x=\"{left}\" y=\"{:.0}\" width=\"{:.1}\" height=\"{bar_h}\" fill=\"{colour}\"/><text x=\"{:.1}\" y=\"{:.0}\">{:.0}/s · p99 {:.0} ms</text>\n",
-                y + 12.0,
-                v.variant,
-                y,
-                fraction * width,
-                left + fraction * width + 6.0,
-                y + 12.0,
-                v.median_rps,
-                v.median_p99_ms
-            ));
-            y += bar_h + 4.0;
-        }
-        y += group_gap;
-    }
-    format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"900\" height=\"{:.0}\" font-family=\"sans-serif\" font-size=\"12\">\n<text x=\"10\" y=\"18\" font-size=\"14\">Throughput as a share of each scenario's limit ({}, {})</text>\n<line x1=\"{left}\" y1=\"26\" x2=\"{left}\" y2=\"{:.0}\" stroke=\"#333\"/><line x1=\"{:.0}\" y1=\"26\" x2=\"{:.0}\" y2=\"{:.0}\" stroke=\"#c0392b\" stroke-dasharray=\"4\"/>\n{body}</svg>\n",
-        y,
-        result.machine.split(';').next().unwrap_or(""),
-        result.date,
-        y - group_gap,
-        left + width,
-        left + width,
-        y - group_gap
+                .map(|v| crate::chart::Bar {
+                    label: v.variant.clone(),
+                    value: v.median_rps,
+                    text: format!("{:.0}/s · p99 {:.0} ms", v.median_rps, v.median_p99_ms),
+                })
+                .collect(),
+        })
+        .collect();
+    crate::chart::svg(
+        &format!(
+            "Throughput as a share of each scenario's limit ({}, {})",
+            result.machine.split(';').next().unwrap_or(""),
+            result.date
+        ),
+        &groups,
     )
 }

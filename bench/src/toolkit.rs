@@ -39,6 +39,12 @@ pub struct Args {
     /// SQLite `synchronous`: full (fsync per commit) or normal.
     #[arg(long, default_value = "full")]
     pub sqlite_synchronous: String,
+    /// NATS server for S7's broker variant (on PostgreSQL); `--no-nats` leaves it out.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Leave out S7 on NATS.
+    #[arg(long)]
+    pub no_nats: bool,
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -382,6 +388,173 @@ async fn consume_eddy(db: &Db, args: &Args, idempotent: bool) -> anyhow::Result<
     })
 }
 
+/// S7's write limit: the rows the idempotent consumer writes per event (a processed-event
+/// row and the handler's row) inserted by plain sqlx, 256 events per transaction in
+/// multi-row `INSERT`s.
+async fn batched_insert_baseline(db: &Db, args: &Args) -> anyhow::Result<Run> {
+    db.migrate(eddy_sql::idempotency::MIGRATIONS).await?;
+    sqlx::query("CREATE TABLE bench_effects (event_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, total_cents BIGINT NOT NULL)")
+        .execute(db.pool())
+        .await?;
+    let ids: Vec<String> = (0..args.events)
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    let start = Instant::now();
+    for (chunk_no, chunk) in ids.chunks(256).enumerate() {
+        let mut processed = String::from(
+            "INSERT INTO eddy_processed_events (consumer, event_id, processed_at_us) VALUES ",
+        );
+        let mut effects =
+            String::from("INSERT INTO bench_effects (event_id, order_id, total_cents) VALUES ");
+        for i in 0..chunk.len() {
+            let sep = if i > 0 { ", " } else { "" };
+            processed.push_str(&format!("{sep}('bench', ${}, ${})", 2 * i + 1, 2 * i + 2));
+            effects.push_str(&format!(
+                "{sep}(${}, ${}, ${})",
+                3 * i + 1,
+                3 * i + 2,
+                3 * i + 3
+            ));
+        }
+        let mut tx = db.begin().await?;
+        let mut query = sqlx::query(&processed);
+        for id in chunk {
+            query = query.bind(id).bind(0i64);
+        }
+        query.execute(tx.conn()).await?;
+        let mut query = sqlx::query(&effects);
+        for (i, id) in chunk.iter().enumerate() {
+            query = query
+                .bind(id)
+                .bind(format!("order-{}", (chunk_no * 256 + i) % 1000))
+                .bind(1999i64);
+        }
+        query.execute(tx.conn()).await?;
+        tx.commit().await?;
+    }
+    Ok(Run {
+        per_sec: args.events as f64 / start.elapsed().as_secs_f64(),
+        p99_ms: None,
+    })
+}
+
+const S7_NATS: &str = "S7 on NATS: consume (idempotent, 1 row/event)";
+
+fn s7_nats_config(args: &Args) -> eddy_nats::NatsConfig {
+    let prefix = format!("S7{}", uuid::Uuid::now_v7().simple());
+    eddy_nats::NatsConfig {
+        url: args.nats_url.clone(),
+        stream_prefix: prefix.clone(),
+        subject_prefix: prefix.to_lowercase(),
+        ..eddy_nats::NatsConfig::default()
+    }
+}
+
+/// S7 on a broker: the runtime consumes `events` envelopes from NATS JetStream through
+/// `Transactional` on PostgreSQL (processed-event row + one effect row per event, one
+/// transaction each); timed until every event is handled.
+async fn consume_nats_eddy(db: &Db, args: &Args) -> anyhow::Result<Run> {
+    let nats = eddy_nats::Nats::connect(s7_nats_config(args)).await?;
+    let result = async {
+        let events: Vec<Envelope> = (0..args.events).map(event).collect::<anyhow::Result<_>>()?;
+        for chunk in events.chunks(1000) {
+            eddy_core::Publisher::publish(&nats, "orders", chunk).await?;
+        }
+        db.migrate(eddy_sql::idempotency::MIGRATIONS).await?;
+        sqlx::query("CREATE TABLE bench_effects (event_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, total_cents BIGINT NOT NULL)")
+            .execute(db.pool())
+            .await?;
+        let router =
+            Router::new().route::<Payload, _>(Transactional::new(db.clone(), "bench", WriteRow));
+        let consumer = Consumer::new(
+            "orders",
+            "bench",
+            Arc::new(nats.clone()),
+            Arc::new(nats.clone()),
+            router,
+        );
+        let stats = consumer.stats();
+        let stop = CancellationToken::new();
+        let start = Instant::now();
+        let running = tokio::spawn(consumer.run(stop.clone()));
+        let total = args.events as u64;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while stats.handled() < total {
+            if Instant::now() > deadline {
+                bail!("consumer handled only {} of {total} in 10 minutes", stats.handled());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        stop.cancel();
+        running.await??;
+        anyhow::Ok(Run {
+            per_sec: total as f64 / elapsed,
+            p99_ms: None,
+        })
+    }
+    .await;
+    for topic in ["orders", "orders.dlq"] {
+        let _ = nats.delete_topic(topic).await;
+    }
+    result
+}
+
+/// S7's consume limit on NATS: the same number of messages read with async-nats's pull
+/// stream and acknowledged one by one, no decoding (S5's raw client).
+async fn consume_nats_raw(args: &Args) -> anyhow::Result<Run> {
+    use crate::brokers::{drain, Pipe, RawNats};
+    let raw = RawNats {
+        js: async_nats::jetstream::new(async_nats::connect(&args.nats_url).await?),
+    };
+    let topic = format!("s7raw-{}", uuid::Uuid::now_v7().simple());
+    raw.create(&topic).await?;
+    let result = async {
+        let payload = event(0)?.payload;
+        for chunk in (0..args.events).collect::<Vec<_>>().chunks(100) {
+            raw.publish(&topic, vec![payload.clone(); chunk.len()])
+                .await?;
+        }
+        let mut source = raw.consume(&topic, "bench").await?;
+        let start = Instant::now();
+        drain(source.as_mut(), args.events, |_| {}).await?;
+        source.close().await?;
+        anyhow::Ok(Run {
+            per_sec: args.events as f64 / start.elapsed().as_secs_f64(),
+            p99_ms: None,
+        })
+    }
+    .await;
+    let _ = raw.delete(&topic).await;
+    result
+}
+
+/// The FastStream peer of S7 (`bench/peers/faststream_s7.py`), if installed.
+async fn consume_nats_faststream(d: &RunDb, args: &Args) -> anyhow::Result<Option<Run>> {
+    let Some(python) = crate::peers::python("faststream.nats, asyncpg") else {
+        return Ok(None);
+    };
+    let Some((server, name)) = &d.pg else {
+        return Ok(None);
+    };
+    d.db.migrate(eddy_sql::idempotency::MIGRATIONS).await?;
+    sqlx::query("CREATE TABLE bench_effects (event_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, total_cents BIGINT NOT NULL)")
+        .execute(d.db.pool())
+        .await?;
+    let mut command = tokio::process::Command::new(&python);
+    command
+        .arg(crate::peers::script("faststream_s7.py"))
+        .args(["--url", &args.nats_url])
+        .args(["--pg", &format!("{server}/{name}")])
+        .args(["--topic", &format!("{}", uuid::Uuid::now_v7().simple())])
+        .args(["--messages", &args.events.to_string()]);
+    let value = crate::peers::run_json(command).await?;
+    Ok(Some(Run {
+        per_sec: value["consume_per_sec"].as_f64().unwrap_or(0.0),
+        p99_ms: None,
+    }))
+}
+
 /// The same records read with plain `SELECT`s, partition by partition, 256 at a time.
 async fn consume_baseline(db: &Db, args: &Args) -> anyhow::Result<Run> {
     fill_log(db, args).await?;
@@ -516,11 +689,53 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Results> {
             push(
                 &mut collected,
                 backend,
+                "consume (idempotent, 1 row/event)",
+                "batched insert (S7 limit)",
+                batched_insert_baseline(&d.db, args).await?,
+            );
+            d.drop_db().await?;
+            let d = RunDb::new(args, backend).await?;
+            push(
+                &mut collected,
+                backend,
                 "consume (no-op handler)",
                 "raw SELECT",
                 consume_baseline(&d.db, args).await?,
             );
             d.drop_db().await?;
+
+            if backend == "postgres" && !args.no_nats {
+                let d = RunDb::new(args, backend).await?;
+                push(
+                    &mut collected,
+                    backend,
+                    S7_NATS,
+                    "batched insert (S7 limit)",
+                    batched_insert_baseline(&d.db, args).await?,
+                );
+                d.drop_db().await?;
+                push(
+                    &mut collected,
+                    backend,
+                    S7_NATS,
+                    "raw NATS consume + ack",
+                    consume_nats_raw(args).await?,
+                );
+                let d = RunDb::new(args, backend).await?;
+                push(
+                    &mut collected,
+                    backend,
+                    S7_NATS,
+                    "eddy",
+                    consume_nats_eddy(&d.db, args).await?,
+                );
+                d.drop_db().await?;
+                let d = RunDb::new(args, backend).await?;
+                if let Some(run) = consume_nats_faststream(&d, args).await? {
+                    push(&mut collected, backend, S7_NATS, "FastStream", run);
+                }
+                d.drop_db().await?;
+            }
         }
     }
     let measurements = collected
@@ -575,12 +790,21 @@ pub fn markdown(results: &Results) -> String {
     }
     out.push_str("\n| backend | scenario | variant | events/s (median) | p99 per tx | vs baseline |\n|---|---|---|---:|---:|---:|\n");
     for m in &results.measurements {
+        // The baseline is the lowest of the scenario's limits (S7: min of consume and
+        // batched insert); peers are not limits.
         let baseline = results
             .measurements
             .iter()
-            .find(|b| b.backend == m.backend && b.scenario == m.scenario && b.variant != "eddy");
+            .filter(|b| {
+                b.backend == m.backend
+                    && b.scenario == m.scenario
+                    && b.variant != "eddy"
+                    && b.variant != "FastStream"
+            })
+            .map(|b| b.median_per_sec)
+            .min_by(f64::total_cmp);
         let ratio = match (m.variant, baseline) {
-            ("eddy", Some(b)) => format!("{:.2}×", m.median_per_sec / b.median_per_sec),
+            ("eddy", Some(b)) => format!("{:.2}×", m.median_per_sec / b),
             _ => "—".to_owned(),
         };
         out.push_str(&format!(
@@ -594,4 +818,50 @@ pub fn markdown(results: &Results) -> String {
         ));
     }
     out
+}
+
+/// Each scenario's variants against its baseline or limit (dashed).
+pub fn chart(results: &Results) -> String {
+    let mut keys: Vec<(String, &'static str)> = Vec::new();
+    for m in &results.measurements {
+        if !keys.contains(&(m.backend.clone(), m.scenario)) {
+            keys.push((m.backend.clone(), m.scenario));
+        }
+    }
+    let groups: Vec<crate::chart::Group> = keys
+        .into_iter()
+        .map(|(backend, scenario)| {
+            let of: Vec<&Measurement> = results
+                .measurements
+                .iter()
+                .filter(|m| m.backend == backend && m.scenario == scenario)
+                .collect();
+            let reference = of
+                .iter()
+                .filter(|m| m.variant != "eddy" && m.variant != "FastStream")
+                .map(|m| m.median_per_sec)
+                .min_by(f64::total_cmp)
+                .or_else(|| of.first().map(|m| m.median_per_sec))
+                .unwrap_or(0.0);
+            crate::chart::Group {
+                title: format!("{backend}: {scenario}"),
+                reference,
+                bars: of
+                    .iter()
+                    .map(|m| crate::chart::Bar {
+                        label: m.variant.to_owned(),
+                        value: m.median_per_sec,
+                        text: format!("{:.0} events/s", m.median_per_sec),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    crate::chart::svg(
+        &format!(
+            "Toolkit and S7 ({}; dashed: baseline or limit)",
+            results.machine
+        ),
+        &groups,
+    )
 }
