@@ -8,6 +8,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,10 +26,25 @@ const SERVICES: [&str; 5] = [
     "notifications",
 ];
 
-/// Starts `shop <args…>` with `env`; returns the child and the url it printed.
-async fn start(args: &[&str], env: &[(String, String)], ready_prefix: &str) -> (Child, String) {
+/// Starts `shop <args…>` with `env`, its log appended to `log`; returns the child and
+/// the url it printed.
+async fn start(
+    args: &[&str],
+    env: &[(String, String)],
+    ready_prefix: &str,
+    log: &Path,
+) -> (Child, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_shop"));
-    command.args(args).stdout(Stdio::piped()).kill_on_drop(true);
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true);
     for (k, v) in env {
         command.env(k, v);
     }
@@ -124,6 +140,7 @@ async fn thousand_orders_with_a_killed_consumer(broker: Vec<(String, String)>) {
             ("EDDY_LOG_LEVEL".into(), "warn".into()),
         ],
         "payment provider listening on ",
+        &dir.path().join("provider.log"),
     )
     .await;
 
@@ -140,7 +157,7 @@ async fn thousand_orders_with_a_killed_consumer(broker: Vec<(String, String)>) {
             ("EDDY_PAYMENTS__PROVIDER_URL".into(), provider_url.clone()),
             ("EDDY_CONSUMER__BACKOFF_INITIAL_MS".into(), "20".into()),
             ("EDDY_CONSUMER__BACKOFF_MAX_MS".into(), "200".into()),
-            ("EDDY_LOG_LEVEL".into(), "warn".into()),
+            ("EDDY_LOG_LEVEL".into(), "warn,eddy_kafka=info".into()),
         ]);
         env
     };
@@ -153,6 +170,7 @@ async fn thousand_orders_with_a_killed_consumer(broker: Vec<(String, String)>) {
                 &["serve", "--service", service, "--listen", "127.0.0.1:0"],
                 &env,
                 "listening on ",
+                &dir.path().join(format!("{service}.log")),
             )
             .await,
         );
@@ -176,6 +194,7 @@ async fn thousand_orders_with_a_killed_consumer(broker: Vec<(String, String)>) {
         &["gateway", "--listen", "127.0.0.1:0"],
         &gateway_env,
         "listening on ",
+        &dir.path().join("gateway.log"),
     )
     .await;
     let http = reqwest::Client::builder()
@@ -271,6 +290,7 @@ async fn thousand_orders_with_a_killed_consumer(broker: Vec<(String, String)>) {
             &["serve", "--service", "inventory", "--listen", "127.0.0.1:0"],
             &env,
             "listening on ",
+            &dir.path().join("inventory.log"),
         )
         .await,
     );
@@ -279,7 +299,14 @@ async fn thousand_orders_with_a_killed_consumer(broker: Vec<(String, String)>) {
     }
 
     // Every order settles.
-    let orders = common::settled_orders(&http, &base, "scale", Duration::from_secs(240)).await;
+    let orders =
+        match common::try_settled_orders(&http, &base, "scale", Duration::from_secs(240)).await {
+            Ok(orders) => orders,
+            Err(pending) => {
+                report_stuck(&http, &base, &processes, &pending, dir.path()).await;
+                panic!("{} orders still pending", pending.len());
+            }
+        };
     assert_eq!(orders.len(), 1002, "1,000 orders and 2 probes, each once");
     let (confirmed, cancelled) =
         common::check_outcomes(&http, &base, &orders, &stock_at_start).await;
@@ -287,5 +314,67 @@ async fn thousand_orders_with_a_killed_consumer(broker: Vec<(String, String)>) {
     assert!(confirmed > 0 && cancelled > 0);
     for (_, (mut child, _)) in processes {
         let _ = child.kill().await;
+    }
+}
+
+/// What a stuck run needs for a diagnosis: the pending orders and their charges, each
+/// service's lag, backlog and counters, and the tail of every process's log.
+async fn report_stuck(
+    http: &reqwest::Client,
+    base: &str,
+    processes: &HashMap<&str, (Child, String)>,
+    pending: &[Value],
+    logs: &Path,
+) {
+    for order in pending.iter().take(5) {
+        let id = order["id"].as_str().unwrap_or_default();
+        let charges = http
+            .get(format!("{base}/v1/payments?order_id={id}"))
+            .send()
+            .await;
+        let charges = match charges {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => e.to_string(),
+        };
+        eprintln!("pending order: {order}\n  charges: {charges}");
+    }
+    for service in SERVICES {
+        let Some((_, url)) = processes.get(service) else {
+            continue;
+        };
+        let metrics = match http.get(format!("{url}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => e.to_string(),
+        };
+        eprintln!("--- {service} metrics");
+        for line in metrics.lines().filter(|l| {
+            !l.starts_with('#')
+                && [
+                    "consumer_lag",
+                    "outbox_pending",
+                    "events_processed",
+                    "dead_lettered",
+                    "events_failed",
+                ]
+                .iter()
+                .any(|m| l.starts_with(m))
+        }) {
+            eprintln!("{line}");
+        }
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(logs)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    entries.sort();
+    for path in entries
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+    {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("--- {} (last 60 of {} lines)", path.display(), lines.len());
+        for line in &lines[lines.len().saturating_sub(60)..] {
+            eprintln!("{line}");
+        }
     }
 }
