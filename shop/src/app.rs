@@ -409,6 +409,9 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
     if let Some(inventory) = &s.inventory {
         let inv = inventory::Inventory {
             service: inventory.clone(),
+            unknown: inventory::UnknownProducts::new(Duration::from_millis(
+                config.inventory.unknown_product_wait_ms,
+            )),
         };
         add(
             "inventory",

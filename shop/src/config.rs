@@ -29,6 +29,7 @@ pub struct Config {
     pub provider: ProviderConfig,
     pub payments: PaymentsConfig,
     pub notifications: NotificationsConfig,
+    pub inventory: InventoryConfig,
     pub consumer: ConsumerSettings,
     pub relay: RelaySettings,
     pub broker: BrokerConfig,
@@ -100,6 +101,16 @@ pub struct PaymentsConfig {
 pub struct NotificationsConfig {
     /// Share of simulated sends that fail, 0–1. Default 0.
     pub failure_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InventoryConfig {
+    /// How long an order for a product inventory has not heard of waits for the
+    /// product's catalog event (orders and inventory learn of products through their
+    /// own consumers, so one may be ahead) before it is rejected as `unknown_product`.
+    /// Default 120 s.
+    pub unknown_product_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -268,6 +279,7 @@ impl Default for Config {
             provider: ProviderConfig::default(),
             payments: PaymentsConfig::default(),
             notifications: NotificationsConfig::default(),
+            inventory: InventoryConfig::default(),
             consumer: ConsumerSettings::default(),
             relay: RelaySettings::default(),
             broker: BrokerConfig::default(),
@@ -313,6 +325,14 @@ impl Default for PaymentsConfig {
 impl Default for NotificationsConfig {
     fn default() -> Self {
         Self { failure_rate: 0.0 }
+    }
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        Self {
+            unknown_product_wait_ms: 120_000,
+        }
     }
 }
 

@@ -103,8 +103,12 @@ impl Event for StockReserved {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockRejected {
     pub order_id: String,
-    /// The first product that lacked stock.
+    /// The first product that lacked stock (or that inventory never heard of).
     pub product_id: String,
+    /// Why: `out_of_stock` (also when absent, as in events from before the field) or
+    /// `unknown_product`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Event for StockRejected {

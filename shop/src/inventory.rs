@@ -2,6 +2,10 @@
 //! an order is cancelled (compensation) and consumes it when an order is confirmed.
 //! Announces every change of available stock.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
 use eddy_core::{async_trait, Envelope, HandlerError};
 use eddy_sql::{classify, Migration, Tx, TxHandler};
 use sqlx::Row;
@@ -31,6 +35,49 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 #[derive(Debug, Clone)]
 pub struct Inventory {
     pub service: ServiceDb,
+    /// Orders for products inventory has not heard of yet, and since when.
+    pub unknown: UnknownProducts,
+}
+
+/// Orders waiting for a product's `ProductUpserted`.
+///
+/// Orders and inventory learn of a product from the same catalog event, each through
+/// its own consumer, so an order may reach inventory before the product does. Such an
+/// order waits — retried as "unavailable", spending none of its attempts — for up to
+/// `wait`, counted from when inventory first saw it; after that it is rejected as
+/// `unknown_product` (its order is cancelled) rather than left pending for ever.
+#[derive(Debug, Clone)]
+pub struct UnknownProducts {
+    wait: Duration,
+    since: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl UnknownProducts {
+    pub fn new(wait: Duration) -> Self {
+        Self {
+            wait,
+            since: Arc::default(),
+        }
+    }
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `order_id` has waited its time (starting its clock on the first call).
+    fn waited_out(&self, order_id: &str) -> bool {
+        let now = Instant::now();
+        let mut since = self.entries();
+        // Orders abandoned mid-wait (a shutdown) would linger: forget stale clocks.
+        // The map holds at most the consumer's in-flight messages.
+        since.retain(|_, at| now.duration_since(*at) <= self.wait * 2);
+        let first = *since.entry(order_id.to_owned()).or_insert(now);
+        now.duration_since(first) >= self.wait
+    }
+
+    fn settled(&self, order_id: &str) {
+        self.entries().remove(order_id);
+    }
 }
 
 impl Inventory {
@@ -138,13 +185,29 @@ impl TxHandler<OrderPlaced> for Inventory {
                     .fetch_optional(tx.conn())
                     .await
                     .map_err(|e| classify("cannot read stock", e))?;
-            if known.is_none() {
+            if known.is_some() {
+                continue;
+            }
+            if !self.unknown.waited_out(&event.order_id) {
                 // Orders knew the product, so its ProductUpserted is on its way here too.
-                return Err(HandlerError::transient(format!(
+                return Err(HandlerError::unavailable(format!(
                     "product {product_id} not yet known to inventory"
                 )));
             }
+            tracing::warn!(order_id = %event.order_id, %product_id, "product never heard of; rejecting the order");
+            let rejected = StockRejected {
+                order_id: event.order_id.clone(),
+                product_id: product_id.clone(),
+                reason: Some("unknown_product".to_owned()),
+            };
+            self.service
+                .emit(tx, INVENTORY_TOPIC, &rejected, Some(envelope))
+                .await?;
+            // The clock stays (pruned later): should this transaction fail, the retry
+            // rejects at once instead of waiting again.
+            return Ok(());
         }
+        self.unknown.settled(&event.order_id);
         let mut taken: Vec<(&String, i64)> = Vec::new();
         let mut short = None;
         for (product_id, quantity) in &wanted {
@@ -164,6 +227,7 @@ impl TxHandler<OrderPlaced> for Inventory {
             let rejected = StockRejected {
                 order_id: event.order_id,
                 product_id,
+                reason: Some("out_of_stock".to_owned()),
             };
             return Ok(self
                 .service

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! POST /v1/orders ─ OrderPlaced ─▶ inventory ─ StockReserved ─▶ payments ─ PaymentCaptured ─▶ orders ─ OrderConfirmed ─▶ inventory (consume), notifications
-//!                                            └ StockRejected ─▶ orders ─ OrderCancelled(out_of_stock)
+//!                                            └ StockRejected ─▶ orders ─ OrderCancelled(out_of_stock | unknown_product)
 //!                                                              payments ─ PaymentDeclined ─▶ orders ─ OrderCancelled(payment_declined) ─▶ inventory (release), notifications
 //! ```
 //!

@@ -508,7 +508,8 @@ impl TxHandler<StockRejected> for Settle {
         envelope: &Envelope,
         tx: &mut Tx,
     ) -> Result<(), HandlerError> {
-        self.settle(tx, &event.order_id, Err("out_of_stock"), envelope)
+        let reason = event.reason.as_deref().unwrap_or("out_of_stock");
+        self.settle(tx, &event.order_id, Err(reason), envelope)
             .await
     }
 }

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::spawn_app_on_postgres;
 use serde_json::json;
 
@@ -45,6 +47,86 @@ async fn the_saga_runs_with_a_postgresql_database_per_service() {
         1
     );
     app.wait_stock(&product, 1).await;
+    app.stop().await;
+}
+
+/// Orders and inventory learn of a product through their own consumers, so an order can
+/// reach inventory before its product does. Such an order waits for the product (its
+/// retries spend no attempts meanwhile) and is rejected as `unknown_product` only once
+/// `inventory.unknown_product_wait_ms` has passed — never left pending for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_ahead_of_its_product_waits_for_it_then_is_rejected() {
+    let app = spawn_app_on_postgres(|config| {
+        config.inventory.unknown_product_wait_ms = 4_000;
+        // Retries alone would give up within a second.
+        config.consumer.attempts_max = 2;
+    })
+    .await;
+    let inventory = sqlx::PgPool::connect(app.database_url("inventory"))
+        .await
+        .unwrap();
+    // Makes inventory forget `product` (as if its catalog event were still on the way);
+    // returns the stock row to put back.
+    let forget = |product: String| {
+        let inventory = inventory.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let row: Option<(i64, i64)> = sqlx::query_as(
+                    "DELETE FROM stock WHERE product_id = $1 RETURNING available, version",
+                )
+                .bind(&product)
+                .fetch_optional(&inventory)
+                .await
+                .unwrap();
+                if let Some(row) = row {
+                    return row;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "inventory never learnt of {product}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // The product arrives two seconds after the order: the order waits, then confirms.
+    let late = app.product(800, 5).await;
+    let (available, version) = forget(late.clone()).await;
+    let order = app
+        .order("rae", json!([{"product_id": late, "quantity": 1}]), None)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, pending) = app
+        .get_json(&format!("/v1/orders/{}", order["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(pending["status"], "PENDING", "waiting for the product");
+    sqlx::query("INSERT INTO stock (product_id, available, version) VALUES ($1, $2, $3)")
+        .bind(&late)
+        .bind(available)
+        .bind(version)
+        .execute(&inventory)
+        .await
+        .unwrap();
+    let settled = app.settled(order["id"].as_str().unwrap()).await;
+    assert_eq!(settled["status"], "CONFIRMED");
+
+    // A product that never arrives: the order is cancelled once the wait is over.
+    let never = app.product(800, 5).await;
+    forget(never.clone()).await;
+    let placed = tokio::time::Instant::now();
+    let order = app
+        .order("rae", json!([{"product_id": never, "quantity": 1}]), None)
+        .await;
+    let settled = app.settled(order["id"].as_str().unwrap()).await;
+    assert_eq!(settled["status"], "CANCELLED");
+    assert_eq!(settled["cancel_reason"], "unknown_product");
+    assert!(
+        placed.elapsed() >= Duration::from_secs(4),
+        "rejected only after the wait"
+    );
+    assert!(app.charges(order["id"].as_str().unwrap()).await.is_empty());
     app.stop().await;
 }
 

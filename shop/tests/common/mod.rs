@@ -132,6 +132,22 @@ pub async fn spawn_app_on_postgres(tweak: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 impl TestApp {
+    /// The url of a service's PostgreSQL database (apps from [`spawn_app_on_postgres`]).
+    pub fn database_url(&self, service: &str) -> &str {
+        let index = [
+            "catalog",
+            "orders",
+            "inventory",
+            "payments",
+            "notifications",
+            "log",
+        ]
+        .iter()
+        .position(|s| *s == service)
+        .expect("a service name");
+        self._databases[index].url()
+    }
+
     pub async fn stop(mut self) {
         if let Some(platform) = self.platform.take() {
             platform.stop().await.expect("a clean shutdown");
