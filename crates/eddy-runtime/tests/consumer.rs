@@ -10,7 +10,7 @@ use std::time::Duration;
 use eddy_core::{async_trait, Envelope, Handler, HandlerError, Message, Publisher, Subscriber};
 use eddy_log::{Log, LogConfig};
 use eddy_runtime::{dead_letter, Consumer, ConsumerConfig, RetryPolicy, Router};
-use eddy_sql::{Db, Transactional, Tx, TxHandler};
+use eddy_sql::{BatchTxHandler, Batched, Db, Transactional, Tx, TxHandler};
 use eddy_testkit::conformance::receive;
 use eddy_testkit::events::Numbered;
 use eddy_testkit::TestDb;
@@ -470,6 +470,156 @@ async fn an_event_past_its_deadline_is_not_handled(db: TestDb) {
     assert_eq!(*recorder.seen.lock().unwrap(), vec![("k".to_owned(), 1)]);
 }
 
+/// Writes the effects of a batch with one multi-row insert; records the batches.
+#[derive(Clone, Default)]
+struct BatchEffects {
+    transactions: Arc<AtomicU32>,
+    largest: Arc<AtomicU32>,
+    /// `(key, seq)` of the events written, in the order they were written.
+    written: Arc<Mutex<Vec<(String, u64)>>>,
+    /// A seq that fails permanently, failing whatever batch it is in.
+    poison: Option<u64>,
+}
+
+#[async_trait]
+impl BatchTxHandler<Numbered> for BatchEffects {
+    async fn handle_batch(
+        &self,
+        events: &[(&Numbered, &Envelope)],
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        if let Some(poison) = self.poison {
+            if events.iter().any(|(event, _)| event.seq == poison) {
+                return Err(HandlerError::permanent(format!("seq {poison} is poison")));
+            }
+        }
+        let mut sql = String::from("INSERT INTO effects (event_id, seq) VALUES ");
+        for i in 0..events.len() {
+            let sep = if i > 0 { ", " } else { "" };
+            sql.push_str(&format!("{sep}(${}, ${})", 2 * i + 1, 2 * i + 2));
+        }
+        let mut query = sqlx::query(&sql);
+        for (event, envelope) in events {
+            query = query.bind(envelope.id.to_string()).bind(event.seq as i64);
+        }
+        query
+            .execute(tx.conn())
+            .await
+            .map_err(|e| eddy_sql::classify("effects", e))?;
+        self.transactions.fetch_add(1, Ordering::SeqCst);
+        self.largest
+            .fetch_max(events.len() as u32, Ordering::SeqCst);
+        self.written
+            .lock()
+            .unwrap()
+            .extend(events.iter().map(|(e, _)| (e.key.clone(), e.seq)));
+        Ok(())
+    }
+}
+
+async fn batched_effects_are_exactly_once_in_key_order_with_fewer_transactions(db: TestDb) {
+    let log = open_log(&db).await;
+    effects_table(db.db()).await;
+    log.create_topic("orders", 4).await.unwrap();
+    let events: Vec<Envelope> = (0..2000)
+        .map(|seq| Numbered::envelope(format!("k{}", seq % 50), seq))
+        .collect();
+    // Every event twice: the second copies must have no effect.
+    log.publish("orders", &events).await.unwrap();
+    log.publish("orders", &events).await.unwrap();
+
+    let effects = BatchEffects::default();
+    let config = ConsumerConfig {
+        concurrency: 64,
+        ..fast_retries()
+    };
+    let consumer = consumer(
+        &log,
+        "orders",
+        Router::new().route::<Numbered, _>(Batched::new(
+            db.db().clone(),
+            "effects",
+            effects.clone(),
+        )),
+        config,
+    );
+    let stats = consumer.stats();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(stop.clone()));
+    eventually("every delivery handled", || stats.handled() == 4000).await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+
+    assert_eq!(effect_count(db.db()).await, 2000, "one effect per event");
+    let distinct: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT event_id) FROM effects")
+        .fetch_one(db.db().pool())
+        .await
+        .unwrap();
+    assert_eq!(distinct, 2000);
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for (key, seq) in effects.written.lock().unwrap().iter() {
+        if let Some(previous) = last.insert(key.clone(), *seq) {
+            assert!(previous < *seq, "key {key}: {seq} written after {previous}");
+        }
+    }
+    let transactions = effects.transactions.load(Ordering::SeqCst);
+    assert!(
+        effects.largest.load(Ordering::SeqCst) > 1 && transactions < 2000,
+        "events shared transactions ({transactions} for 2000 events)"
+    );
+}
+
+async fn a_poison_event_fails_alone_and_its_batch_mates_are_written(db: TestDb) {
+    let log = open_log(&db).await;
+    effects_table(db.db()).await;
+    log.create_topic("orders", 2).await.unwrap();
+    let events: Vec<Envelope> = (0..200)
+        .map(|seq| Numbered::envelope(format!("k{}", seq % 20), seq))
+        .collect();
+    log.publish("orders", &events).await.unwrap();
+
+    let effects = BatchEffects {
+        poison: Some(117),
+        ..BatchEffects::default()
+    };
+    let config = ConsumerConfig {
+        concurrency: 32,
+        ..fast_retries()
+    };
+    let consumer = consumer(
+        &log,
+        "orders",
+        Router::new().route::<Numbered, _>(Batched::new(
+            db.db().clone(),
+            "effects",
+            effects.clone(),
+        )),
+        config,
+    );
+    let stats = consumer.stats();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(stop.clone()));
+    eventually("199 handled and 1 dead letter", || {
+        stats.handled() == 199 && stats.dead_lettered() == 1
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+
+    assert_eq!(effect_count(db.db()).await, 199);
+    let poisoned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM effects WHERE seq = 117")
+        .fetch_one(db.db().pool())
+        .await
+        .unwrap();
+    assert_eq!(poisoned, 0);
+    let dlq = log.subscribe("orders.dlq", "inspector").await.unwrap();
+    let letters = receive(dlq.as_ref(), 1, true).await;
+    match &letters[0].message {
+        Message::Event(letter) => assert_eq!(letter.id, events[117].id),
+        Message::Undecodable(u) => panic!("{}", u.error),
+    }
+}
+
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -498,4 +648,6 @@ on_both_backends!(
     the_same_event_delivered_twice_has_one_effect,
     a_consumer_killed_before_it_commits_gets_the_event_again_with_one_effect,
     an_event_past_its_deadline_is_not_handled,
+    batched_effects_are_exactly_once_in_key_order_with_fewer_transactions,
+    a_poison_event_fails_alone_and_its_batch_mates_are_written,
 );

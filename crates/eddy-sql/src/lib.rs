@@ -16,8 +16,11 @@
 //! - [`envelope_row`] — how an [`eddy_core::Envelope`] is stored in columns.
 //! - [`idempotency`] — [`Transactional`]: runs a handler inside a transaction that
 //!   also records the event as processed, so a redelivered event has no second effect.
+//! - [`batch`] — [`Batched`]: the same guarantee with group commit — the events being
+//!   handled at one moment share one transaction and one multi-row insert.
 //! - [`error`] — sqlx errors mapped onto [`eddy_core::ErrorKind`].
 
+pub mod batch;
 pub mod db;
 pub mod envelope_row;
 pub mod error;
@@ -25,6 +28,7 @@ pub mod idempotency;
 pub mod migrate;
 pub mod signal;
 
+pub use batch::{BatchConfig, BatchTxHandler, Batched};
 pub use db::{Backend, Db, DbConfig, SqliteSynchronous, Tx};
 pub use error::classify;
 pub use idempotency::{Transactional, TxHandler};
