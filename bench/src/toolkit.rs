@@ -9,7 +9,9 @@ use eddy_core::{async_trait, Envelope, Event, Handler, HandlerError, JsonCodec, 
 use eddy_log::{Log, LogConfig};
 use eddy_outbox::{Outbox, Relay, RelayConfig};
 use eddy_runtime::{Consumer, ConsumerConfig, Router};
-use eddy_sql::{Backend, Db, DbConfig, SqliteSynchronous, Transactional, Tx, TxHandler};
+use eddy_sql::{
+    Backend, BatchTxHandler, Batched, Db, DbConfig, SqliteSynchronous, Transactional, Tx, TxHandler,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
@@ -326,6 +328,85 @@ impl TxHandler<Payload> for WriteRow {
     }
 }
 
+/// The same effect as [`WriteRow`] for a batch of events: one multi-row insert.
+struct WriteRows;
+
+#[async_trait]
+impl BatchTxHandler<Payload> for WriteRows {
+    async fn handle_batch(
+        &self,
+        events: &[(&Payload, &Envelope)],
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let mut sql =
+            String::from("INSERT INTO bench_effects (event_id, order_id, total_cents) VALUES ");
+        for i in 0..events.len() {
+            let sep = if i > 0 { ", " } else { "" };
+            sql.push_str(&format!(
+                "{sep}(${}, ${}, ${})",
+                3 * i + 1,
+                3 * i + 2,
+                3 * i + 3
+            ));
+        }
+        let mut query = sqlx::query(&sql);
+        for (event, envelope) in events {
+            query = query
+                .bind(envelope.id.to_string())
+                .bind(event.order_id.as_str())
+                .bind(event.total_cents);
+        }
+        query
+            .execute(tx.conn())
+            .await
+            .map_err(|e| eddy_sql::classify("effects", e))?;
+        Ok(())
+    }
+}
+
+/// How a consumer run handles its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handling {
+    /// No handler work at all.
+    Noop,
+    /// `Transactional`: a processed-event row and an effect row, one transaction each.
+    PerEvent,
+    /// `Batched`: the same rows, the events in hand at once sharing a transaction.
+    Batched,
+}
+
+/// Concurrency of the batched consumer: the batch size is bounded by the events being
+/// handled at once.
+const BATCHED_CONCURRENCY: usize = 256;
+
+/// Creates the idempotency and effect tables and routes `Payload` as `handling` says.
+async fn bench_router(db: &Db, handling: Handling) -> anyhow::Result<(Router, ConsumerConfig)> {
+    if handling == Handling::Noop {
+        return Ok((
+            Router::new().route::<Payload, _>(Noop),
+            ConsumerConfig::default(),
+        ));
+    }
+    db.migrate(eddy_sql::idempotency::MIGRATIONS).await?;
+    sqlx::query("CREATE TABLE bench_effects (event_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, total_cents BIGINT NOT NULL)")
+        .execute(db.pool())
+        .await?;
+    Ok(if handling == Handling::Batched {
+        (
+            Router::new().route::<Payload, _>(Batched::new(db.clone(), "bench", WriteRows)),
+            ConsumerConfig {
+                concurrency: BATCHED_CONCURRENCY,
+                ..ConsumerConfig::default()
+            },
+        )
+    } else {
+        (
+            Router::new().route::<Payload, _>(Transactional::new(db.clone(), "bench", WriteRow)),
+            ConsumerConfig::default(),
+        )
+    })
+}
+
 async fn fill_log(db: &Db, args: &Args) -> anyhow::Result<Log> {
     let log = Log::open(db.clone(), LogConfig::default()).await?;
     log.create_topic("orders", 8).await?;
@@ -337,17 +418,9 @@ async fn fill_log(db: &Db, args: &Args) -> anyhow::Result<Log> {
 }
 
 /// Consumes `events` records with the runtime until all are committed.
-async fn consume_eddy(db: &Db, args: &Args, idempotent: bool) -> anyhow::Result<Run> {
+async fn consume_eddy(db: &Db, args: &Args, handling: Handling) -> anyhow::Result<Run> {
     let log = fill_log(db, args).await?;
-    let router = if idempotent {
-        db.migrate(eddy_sql::idempotency::MIGRATIONS).await?;
-        sqlx::query("CREATE TABLE bench_effects (event_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, total_cents BIGINT NOT NULL)")
-            .execute(db.pool())
-            .await?;
-        Router::new().route::<Payload, _>(Transactional::new(db.clone(), "bench", WriteRow))
-    } else {
-        Router::new().route::<Payload, _>(Noop)
-    };
+    let (router, config) = bench_router(db, handling).await?;
     let consumer = Consumer::new(
         "orders",
         "bench",
@@ -355,7 +428,7 @@ async fn consume_eddy(db: &Db, args: &Args, idempotent: bool) -> anyhow::Result<
         Arc::new(log.clone()),
         router,
     )
-    .with_config(ConsumerConfig::default());
+    .with_config(config);
     let stats = consumer.stats();
     let stop = CancellationToken::new();
     let start = Instant::now();
@@ -451,28 +524,24 @@ fn s7_nats_config(args: &Args) -> eddy_nats::NatsConfig {
 }
 
 /// S7 on a broker: the runtime consumes `events` envelopes from NATS JetStream through
-/// `Transactional` on PostgreSQL (processed-event row + one effect row per event, one
-/// transaction each); timed until every event is handled.
-async fn consume_nats_eddy(db: &Db, args: &Args) -> anyhow::Result<Run> {
+/// `Transactional` (one transaction per event) or `Batched` (group commit) on PostgreSQL
+/// (processed-event row + one effect row per event); timed until every event is handled.
+async fn consume_nats_eddy(db: &Db, args: &Args, handling: Handling) -> anyhow::Result<Run> {
     let nats = eddy_nats::Nats::connect(s7_nats_config(args)).await?;
     let result = async {
         let events: Vec<Envelope> = (0..args.events).map(event).collect::<anyhow::Result<_>>()?;
         for chunk in events.chunks(1000) {
             eddy_core::Publisher::publish(&nats, "orders", chunk).await?;
         }
-        db.migrate(eddy_sql::idempotency::MIGRATIONS).await?;
-        sqlx::query("CREATE TABLE bench_effects (event_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, total_cents BIGINT NOT NULL)")
-            .execute(db.pool())
-            .await?;
-        let router =
-            Router::new().route::<Payload, _>(Transactional::new(db.clone(), "bench", WriteRow));
+        let (router, config) = bench_router(db, handling).await?;
         let consumer = Consumer::new(
             "orders",
             "bench",
             Arc::new(nats.clone()),
             Arc::new(nats.clone()),
             router,
-        );
+        )
+        .with_config(config);
         let stats = consumer.stats();
         let stop = CancellationToken::new();
         let start = Instant::now();
@@ -481,7 +550,10 @@ async fn consume_nats_eddy(db: &Db, args: &Args) -> anyhow::Result<Run> {
         let deadline = Instant::now() + Duration::from_secs(600);
         while stats.handled() < total {
             if Instant::now() > deadline {
-                bail!("consumer handled only {} of {total} in 10 minutes", stats.handled());
+                bail!(
+                    "consumer handled only {} of {total} in 10 minutes",
+                    stats.handled()
+                );
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -673,7 +745,7 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Results> {
                 backend,
                 "consume (no-op handler)",
                 "eddy",
-                consume_eddy(&d.db, args, false).await?,
+                consume_eddy(&d.db, args, Handling::Noop).await?,
             );
             d.drop_db().await?;
             let d = RunDb::new(args, backend).await?;
@@ -682,7 +754,16 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Results> {
                 backend,
                 "consume (idempotent, 1 row/event)",
                 "eddy",
-                consume_eddy(&d.db, args, true).await?,
+                consume_eddy(&d.db, args, Handling::PerEvent).await?,
+            );
+            d.drop_db().await?;
+            let d = RunDb::new(args, backend).await?;
+            push(
+                &mut collected,
+                backend,
+                "consume (idempotent, 1 row/event)",
+                "eddy, batched",
+                consume_eddy(&d.db, args, Handling::Batched).await?,
             );
             d.drop_db().await?;
             let d = RunDb::new(args, backend).await?;
@@ -727,7 +808,16 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Results> {
                     backend,
                     S7_NATS,
                     "eddy",
-                    consume_nats_eddy(&d.db, args).await?,
+                    consume_nats_eddy(&d.db, args, Handling::PerEvent).await?,
+                );
+                d.drop_db().await?;
+                let d = RunDb::new(args, backend).await?;
+                push(
+                    &mut collected,
+                    backend,
+                    S7_NATS,
+                    "eddy, batched",
+                    consume_nats_eddy(&d.db, args, Handling::Batched).await?,
                 );
                 d.drop_db().await?;
                 let d = RunDb::new(args, backend).await?;
@@ -796,15 +886,12 @@ pub fn markdown(results: &Results) -> String {
             .measurements
             .iter()
             .filter(|b| {
-                b.backend == m.backend
-                    && b.scenario == m.scenario
-                    && b.variant != "eddy"
-                    && b.variant != "FastStream"
+                b.backend == m.backend && b.scenario == m.scenario && is_reference(b.variant)
             })
             .map(|b| b.median_per_sec)
             .min_by(f64::total_cmp);
-        let ratio = match (m.variant, baseline) {
-            ("eddy", Some(b)) => format!("{:.2}×", m.median_per_sec / b),
+        let ratio = match baseline {
+            Some(b) if m.variant.starts_with("eddy") => format!("{:.2}×", m.median_per_sec / b),
             _ => "—".to_owned(),
         };
         out.push_str(&format!(
@@ -818,6 +905,11 @@ pub fn markdown(results: &Results) -> String {
         ));
     }
     out
+}
+
+/// Whether `variant` is a baseline or limit (not Eddy, not a peer).
+fn is_reference(variant: &str) -> bool {
+    !variant.starts_with("eddy") && variant != "FastStream"
 }
 
 /// Each scenario's variants against its baseline or limit (dashed).
@@ -838,7 +930,7 @@ pub fn chart(results: &Results) -> String {
                 .collect();
             let reference = of
                 .iter()
-                .filter(|m| m.variant != "eddy" && m.variant != "FastStream")
+                .filter(|m| is_reference(m.variant))
                 .map(|m| m.median_per_sec)
                 .min_by(f64::total_cmp)
                 .or_else(|| of.first().map(|m| m.median_per_sec))
