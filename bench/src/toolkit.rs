@@ -10,7 +10,8 @@ use eddy_log::{Log, LogConfig};
 use eddy_outbox::{Outbox, Relay, RelayConfig};
 use eddy_runtime::{Consumer, ConsumerConfig, Router};
 use eddy_sql::{
-    Backend, BatchTxHandler, Batched, Db, DbConfig, SqliteSynchronous, Transactional, Tx, TxHandler,
+    Backend, BatchConfig, BatchTxHandler, Batched, Db, DbConfig, SqliteSynchronous, Transactional,
+    Tx, TxHandler,
 };
 use serde::{Deserialize, Serialize};
 use sqlx::Connection;
@@ -377,7 +378,9 @@ enum Handling {
 
 /// Concurrency of the batched consumer: the batch size is bounded by the events being
 /// handled at once.
-const BATCHED_CONCURRENCY: usize = 256;
+const BATCHED_CONCURRENCY: usize = 1024;
+/// Transactions of the batched consumer written at once (one filling while one commits).
+const BATCHED_WRITERS: usize = 2;
 
 /// Creates the idempotency and effect tables and routes `Payload` as `handling` says.
 async fn bench_router(db: &Db, handling: Handling) -> anyhow::Result<(Router, ConsumerConfig)> {
@@ -393,9 +396,15 @@ async fn bench_router(db: &Db, handling: Handling) -> anyhow::Result<(Router, Co
         .await?;
     Ok(if handling == Handling::Batched {
         (
-            Router::new().route::<Payload, _>(Batched::new(db.clone(), "bench", WriteRows)),
+            Router::new().route::<Payload, _>(
+                Batched::new(db.clone(), "bench", WriteRows).with_config(BatchConfig {
+                    batch_len_max: 512,
+                    writers: BATCHED_WRITERS,
+                })?,
+            ),
             ConsumerConfig {
                 concurrency: BATCHED_CONCURRENCY,
+                in_flight_max: 2 * BATCHED_CONCURRENCY,
                 ..ConsumerConfig::default()
             },
         )
