@@ -24,6 +24,11 @@
 //! cargo run --release -p eddy-bench -- toolkit --events 20000 --repeat 3
 //! ```
 
+/// mimalloc, as in the `shop` binary: glibc's allocator spent about a quarter of the
+/// consumer benchmarks' CPU in `malloc`/`free` and heap consolidation (perf, S7 on NATS).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod brokers;
 mod chart;
 mod loadgen;

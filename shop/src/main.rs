@@ -6,6 +6,12 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use shop::config::Config;
 
+/// mimalloc instead of glibc's allocator: the consumer path allocates per event, and
+/// glibc spent about a quarter of its CPU in `malloc`/`free` and heap consolidation
+/// (perf; the benchmark program uses the same allocator).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "shop", about = "The Eddy reference order platform")]
 struct Cli {
