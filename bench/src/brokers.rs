@@ -131,15 +131,30 @@ pub(crate) trait Source: Send {
 // ---------------------------------------------------------------------------------
 // Eddy: any adapter behind the Publisher / Subscriber traits.
 
-struct EddyPipe {
-    publisher: Arc<dyn Publisher>,
-    subscriber: Arc<dyn Subscriber>,
-    create: Box<
-        dyn Fn(String) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync,
-    >,
-    delete: Box<
-        dyn Fn(String) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync,
-    >,
+/// Eddy's adapter for one broker. Publishing and subscribing go through the `Publisher`
+/// and `Subscriber` traits, as in an application; topics are made the adapter's way.
+enum EddyPipe {
+    Nats(Box<eddy_nats::Nats>),
+    Kafka {
+        kafka: eddy_kafka::Kafka,
+        partitions: i32,
+    },
+}
+
+impl EddyPipe {
+    fn publisher(&self) -> &dyn Publisher {
+        match self {
+            Self::Nats(nats) => nats.as_ref(),
+            Self::Kafka { kafka, .. } => kafka,
+        }
+    }
+
+    fn subscriber(&self) -> &dyn Subscriber {
+        match self {
+            Self::Nats(nats) => nats.as_ref(),
+            Self::Kafka { kafka, .. } => kafka,
+        }
+    }
 }
 
 #[async_trait]
@@ -153,13 +168,13 @@ impl Pipe for EddyPipe {
                 Envelope::new("bench.Message", 1, format!("k{}", i % 64), payload, now)
             })
             .collect();
-        self.publisher.publish(topic, &events).await?;
+        self.publisher().publish(topic, &events).await?;
         Ok(())
     }
 
     async fn consume(&self, topic: &str, group: &str) -> anyhow::Result<Box<dyn Source>> {
         let subscription: Arc<dyn Subscription> =
-            self.subscriber.subscribe(topic, group).await?.into();
+            self.subscriber().subscribe(topic, group).await?.into();
         let positions = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
         // Commits every 100 ms beside the fetches, as the runtime's commit loop does (a
         // broker may hold deliveries back until earlier ones are acknowledged).
@@ -191,11 +206,19 @@ impl Pipe for EddyPipe {
     }
 
     async fn create(&self, topic: &str) -> anyhow::Result<()> {
-        (self.create)(topic.to_owned()).await
+        match self {
+            Self::Nats(nats) => drop(nats.ensure_topic(topic).await?),
+            Self::Kafka { kafka, partitions } => kafka.create_topic(topic, *partitions).await?,
+        }
+        Ok(())
     }
 
     async fn delete(&self, topic: &str) -> anyhow::Result<()> {
-        (self.delete)(topic.to_owned()).await
+        match self {
+            Self::Nats(nats) => nats.delete_topic(topic).await?,
+            Self::Kafka { kafka, .. } => kafka.delete_topic(topic).await?,
+        }
+        Ok(())
     }
 }
 
@@ -598,22 +621,7 @@ async fn pipes(
                 ..eddy_nats::NatsConfig::default()
             })
             .await?;
-            let (creator, deleter) = (nats.clone(), nats.clone());
-            let eddy = EddyPipe {
-                publisher: Arc::new(nats.clone()),
-                subscriber: Arc::new(nats),
-                create: Box::new(move |topic| {
-                    let nats = creator.clone();
-                    Box::pin(async move {
-                        nats.ensure_topic(&topic).await?;
-                        Ok(())
-                    })
-                }),
-                delete: Box::new(move |topic| {
-                    let nats = deleter.clone();
-                    Box::pin(async move { Ok(nats.delete_topic(&topic).await?) })
-                }),
-            };
+            let eddy = EddyPipe::Nats(Box::new(nats));
             Ok(vec![("raw", Arc::new(raw)), ("eddy", Arc::new(eddy))])
         }
         "kafka" => {
@@ -640,19 +648,9 @@ async fn pipes(
                 admin: kafka.clone(),
                 partitions: args.partitions,
             };
-            let (creator, deleter) = (kafka.clone(), kafka.clone());
-            let partitions = args.partitions;
-            let eddy = EddyPipe {
-                publisher: Arc::new(kafka.clone()),
-                subscriber: Arc::new(kafka),
-                create: Box::new(move |topic| {
-                    let kafka = creator.clone();
-                    Box::pin(async move { Ok(kafka.create_topic(&topic, partitions).await?) })
-                }),
-                delete: Box::new(move |topic| {
-                    let kafka = deleter.clone();
-                    Box::pin(async move { Ok(kafka.delete_topic(&topic).await?) })
-                }),
+            let eddy = EddyPipe::Kafka {
+                kafka,
+                partitions: args.partitions,
             };
             Ok(vec![("raw", Arc::new(raw)), ("eddy", Arc::new(eddy))])
         }
