@@ -5,7 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use eddy_core::{Publisher, Subscriber};
 use eddy_kafka::{Kafka, KafkaConfig};
 use eddy_testkit::conformance::{Capabilities, Fixture};
 use eddy_testkit::tansu::Tansu;
+
+use common::connect;
 
 /// Where the fixture's broker lives, and how it creates topics.
 enum Broker {
@@ -31,27 +34,6 @@ struct KafkaFixture {
 }
 
 /// The adapter with test-sized group timeouts and `extra` consumer settings.
-fn connect(bootstrap_servers: String, extra: &[(&str, &str)], producer: &[(&str, &str)]) -> Kafka {
-    let settings = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    };
-    let mut consumer = settings(&[
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "500"),
-    ]);
-    consumer.extend(settings(extra));
-    Kafka::connect(KafkaConfig {
-        bootstrap_servers,
-        consumer,
-        producer: settings(producer),
-        ..KafkaConfig::default()
-    })
-    .unwrap()
-}
-
 fn fixture() -> KafkaFixture {
     let tansu = Tansu::start();
     let kafka = connect(
@@ -63,6 +45,7 @@ fn fixture() -> KafkaFixture {
         // against `MockCluster` below with ordinary batching, so it is the broker's
         // limitation, not the adapter's).
         &[("batch.num.messages", "1")],
+        KafkaConfig::default().buffer_len,
     );
     KafkaFixture {
         kafka,
@@ -85,7 +68,12 @@ fn mock_fixture() -> KafkaFixture {
         }
     });
     KafkaFixture {
-        kafka: connect(bootstrap_rx.recv().unwrap(), &[], &[]),
+        kafka: connect(
+            bootstrap_rx.recv().unwrap(),
+            &[],
+            &[],
+            KafkaConfig::default().buffer_len,
+        ),
         broker: Broker::Mock(std::sync::Mutex::new(requests)),
     }
 }

@@ -6,35 +6,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use eddy_core::{Delivery, Message, Publisher, Subscription};
-use eddy_kafka::{Kafka, KafkaConfig, KafkaSubscription};
+use eddy_kafka::{Kafka, KafkaSubscription};
 use eddy_testkit::events::Numbered;
 use eddy_testkit::tansu::Tansu;
 use rdkafka::mocking::MockCluster;
 
 const TOPIC: &str = "orders";
 
+/// The shared test adapter with `consumer` settings and a `buffer_len` hand-off buffer.
 fn kafka(bootstrap_servers: String, consumer: &[(&str, &str)], buffer_len: usize) -> Kafka {
-    let mut settings: BTreeMap<String, String> = [
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "500"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    for (k, v) in consumer {
-        settings.insert((*k).to_owned(), (*v).to_owned());
-    }
-    Kafka::connect(KafkaConfig {
-        bootstrap_servers,
-        consumer: settings,
-        buffer_len,
-        ..KafkaConfig::default()
-    })
-    .unwrap()
+    common::connect(bootstrap_servers, consumer, &[], buffer_len)
 }
 
 fn id(delivery: &Delivery) -> eddy_core::EventId {
