@@ -10,7 +10,7 @@ use std::time::Duration;
 use eddy_core::{async_trait, Envelope, Handler, HandlerError, Message, Publisher, Subscriber};
 use eddy_log::{Log, LogConfig};
 use eddy_runtime::{dead_letter, Consumer, ConsumerConfig, RetryPolicy, Router};
-use eddy_sql::{BatchTxHandler, Batched, Db, Transactional, Tx, TxHandler};
+use eddy_sql::{BatchTxHandler, Batched, Db, EachInTx, Transactional, Tx, TxHandler};
 use eddy_testkit::conformance::receive;
 use eddy_testkit::events::Numbered;
 use eddy_testkit::TestDb;
@@ -569,6 +569,43 @@ async fn batched_effects_are_exactly_once_in_key_order_with_fewer_transactions(d
     );
 }
 
+async fn a_per_event_handler_under_group_commit_has_one_effect_per_event(db: TestDb) {
+    let log = open_log(&db).await;
+    effects_table(db.db()).await;
+    log.create_topic("orders", 2).await.unwrap();
+    let events: Vec<Envelope> = (0..500)
+        .map(|seq| Numbered::envelope(format!("k{}", seq % 25), seq))
+        .collect();
+    log.publish("orders", &events).await.unwrap();
+    log.publish("orders", &events[..100]).await.unwrap();
+
+    let effects = Effects {
+        calls: Arc::new(AtomicU32::new(0)),
+    };
+    let consumer = consumer(
+        &log,
+        "orders",
+        Router::new().route::<Numbered, _>(Batched::new(
+            db.db().clone(),
+            "effects",
+            EachInTx(effects.clone()),
+        )),
+        fast_retries(),
+    );
+    let stats = consumer.stats();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(stop.clone()));
+    eventually("every delivery handled", || stats.handled() == 600).await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(effect_count(db.db()).await, 500, "one effect per event");
+    assert_eq!(
+        effects.calls.load(Ordering::SeqCst),
+        500,
+        "the redelivered copies never reached the handler"
+    );
+}
+
 async fn a_poison_event_fails_alone_and_its_batch_mates_are_written(db: TestDb) {
     let log = open_log(&db).await;
     effects_table(db.db()).await;
@@ -650,4 +687,5 @@ on_both_backends!(
     an_event_past_its_deadline_is_not_handled,
     batched_effects_are_exactly_once_in_key_order_with_fewer_transactions,
     a_poison_event_fails_alone_and_its_batch_mates_are_written,
+    a_per_event_handler_under_group_commit_has_one_effect_per_event,
 );

@@ -25,7 +25,7 @@ use eddy_core::{Clock, Envelope, Error, Event, Handler, HandlerError, SystemCloc
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::{classify, Db, Tx};
+use crate::{classify, Db, Tx, TxHandler};
 
 /// A handler that writes the effects of several events in the transaction it is given.
 #[async_trait]
@@ -38,6 +38,28 @@ pub trait BatchTxHandler<E: Event>: Send + Sync + 'static {
         events: &[(&E, &Envelope)],
         tx: &mut Tx,
     ) -> Result<(), HandlerError>;
+}
+
+/// Group commit for a per-event [`TxHandler`]: each new event of the batch goes to the
+/// handler in turn, in arrival order, inside the batch's one transaction. The handler's
+/// statements stay one per event; what is shared is `BEGIN`, the processed-event insert
+/// and the commit (the durable flush). Events must be `Clone` (the handler takes them by
+/// value, and a failed batch is handed over again event by event).
+#[derive(Debug, Clone)]
+pub struct EachInTx<H>(pub H);
+
+#[async_trait]
+impl<E: Event + Clone, H: TxHandler<E>> BatchTxHandler<E> for EachInTx<H> {
+    async fn handle_batch(
+        &self,
+        events: &[(&E, &Envelope)],
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        for (event, envelope) in events {
+            self.0.handle((*event).clone(), envelope, tx).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Settings of a [`Batched`] handler.

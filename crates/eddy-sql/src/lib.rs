@@ -28,7 +28,7 @@ pub mod idempotency;
 pub mod migrate;
 pub mod signal;
 
-pub use batch::{BatchConfig, BatchTxHandler, Batched};
+pub use batch::{BatchConfig, BatchTxHandler, Batched, EachInTx};
 pub use db::{Backend, Db, DbConfig, SqliteSynchronous, Tx};
 pub use error::classify;
 pub use idempotency::{Transactional, TxHandler};
