@@ -25,7 +25,6 @@ fn config() -> NatsConfig {
         stream_prefix: format!("EDDYTEST_{prefix}"),
         subject_prefix: format!("eddytest.{prefix}"),
         ack_wait: Duration::from_secs(2),
-        fetch_wait: Duration::from_millis(200),
         ..NatsConfig::default()
     }
 }
@@ -123,4 +122,45 @@ async fn lag_is_what_the_group_has_not_acknowledged() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     member.close().await.unwrap();
+}
+
+/// A member that closes hands back what its open pull brought, and its last pull takes
+/// nothing more: the next member gets everything about `pull_expires` later, long before
+/// `ack_wait`.
+#[tokio::test]
+async fn a_closed_member_leaves_nothing_behind_for_ack_wait() {
+    use eddy_testkit::conformance::Fixture as _;
+    let mut fixture = fixture().await;
+    fixture.config.ack_wait = Duration::from_secs(60);
+    fixture.config.pull_expires = Duration::from_secs(1);
+    fixture.nats = Nats::connect(fixture.config.clone()).await.unwrap();
+    let topic = fixture.topic(1).await;
+    let first = eddy_testkit::events::Numbered::interleaved(4, 100);
+    fixture.nats.publish(&topic, &first).await.unwrap();
+    let leaving = fixture.nats.subscribe(&topic, "g").await.unwrap();
+    // It takes some, so its pull is open and has brought more than it handed out.
+    let taken = eddy_testkit::conformance::receive(leaving.as_ref(), 1, true).await;
+    assert!(taken.len() < first.len(), "some left in the pull");
+    leaving.close().await.unwrap();
+    // Published after the close: none may go to the closed member's pull.
+    let second = eddy_testkit::events::Numbered::interleaved(4, 100);
+    fixture.nats.publish(&topic, &second).await.unwrap();
+
+    let heir = fixture.nats.subscribe(&topic, "g").await.unwrap();
+    let expected = first.len() + second.len() - taken.len();
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        eddy_testkit::conformance::receive(heir.as_ref(), expected, true),
+    )
+    .await
+    .expect("everything within 10 s, not after the 60 s ack_wait");
+    let offsets: std::collections::BTreeSet<u64> = got.iter().map(|d| d.offset).collect();
+    assert_eq!(offsets.len(), got.len(), "nothing twice");
+    let taken_last = taken.iter().map(|d| d.offset).max().unwrap();
+    assert_eq!(
+        offsets,
+        (taken_last + 1..=800).collect(),
+        "exactly what the closed member did not commit"
+    );
+    heir.close().await.unwrap();
 }
