@@ -125,6 +125,12 @@ pub(crate) trait Source: Send {
     async fn next(&mut self) -> anyhow::Result<Vec<Vec<u8>>>;
     /// Commits everything returned so far.
     async fn commit(&mut self) -> anyhow::Result<()>;
+    /// Commits everything returned so far and waits until it is done: a phase ends with
+    /// nothing left to acknowledge, so the next phase does not measure the previous one's
+    /// acknowledgements. The raw variants acknowledge as they go.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        self.commit().await
+    }
     async fn close(self: Box<Self>) -> anyhow::Result<()>;
 }
 
@@ -246,12 +252,12 @@ impl Source for EddySource {
     }
 
     async fn commit(&mut self) -> anyhow::Result<()> {
-        // The committer task does it.
+        // The committer task does it, beside the fetches.
         Ok(())
     }
 
-    async fn close(self: Box<Self>) -> anyhow::Result<()> {
-        self.committer.abort();
+    /// Commits everything now (beside the committer task's every 100 ms).
+    async fn settle(&mut self) -> anyhow::Result<()> {
         let due: Vec<(u32, u64)> = self
             .positions
             .lock()
@@ -262,6 +268,12 @@ impl Source for EddySource {
         if !due.is_empty() {
             self.subscription.commit(&due).await?;
         }
+        Ok(())
+    }
+
+    async fn close(mut self: Box<Self>) -> anyhow::Result<()> {
+        self.committer.abort();
+        self.settle().await?;
         self.subscription.close().await?;
         Ok(())
     }
@@ -488,7 +500,7 @@ pub(crate) async fn drain(
             last_commit = Instant::now();
         }
     }
-    source.commit().await?;
+    source.settle().await?;
     Ok(first.unwrap_or_else(Instant::now))
 }
 

@@ -613,6 +613,8 @@ fn router(config: &Config, services: Services) -> Router {
 /// shedding (bulkhead), a timeout backstop and the body limit, with their errors as
 /// problem responses. Public so the benchmark measures exactly this stack.
 pub fn platform_layers(api: Router, config: &Config) -> Router {
+    // The metrics are part of the stack (and of what S1 measures): make sure they record.
+    prometheus();
     let api = api.layer(middleware::from_fn(record_http));
     let budget = config.request_timeout();
     api.layer(middleware::from_fn(move |request: Request, next: Next| {
@@ -684,18 +686,16 @@ async fn propagate_deadline(budget: Duration, request: Request, next: Next) -> R
 }
 
 async fn record_http(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().to_string();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
-    metrics::histogram!("http_request_duration_seconds", "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
+    crate::telemetry::record_http(
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        &method,
+        response.status(),
+        started.elapsed(),
+    );
     response
 }
 
