@@ -23,7 +23,7 @@ use eddy_log::{Log, LogConfig};
 use eddy_outbox::{Relay, RelayConfig, RelayStats};
 use eddy_resilience::{BulkheadLayer, Deadline, Overloaded};
 use eddy_runtime::{Consumer, ConsumerConfig, ConsumerStats, RetryPolicy};
-use eddy_sql::{Db, DbConfig, SqliteSynchronous, Transactional};
+use eddy_sql::{BatchConfig, Batched, Db, DbConfig, EachInTx, SqliteSynchronous};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
@@ -358,15 +358,23 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
             tokio::spawn(consumer.run(workers_stop.clone())),
         ));
     };
-    fn tx<E: Event, H: eddy_sql::TxHandler<E>>(
+    // Every idempotent handler runs under group commit (one transaction per event when
+    // consumer.batch_len_max is 1).
+    let batch = BatchConfig {
+        batch_len_max: config.consumer.batch_len_max,
+        ..BatchConfig::default()
+    };
+    fn tx<E: Event + Clone, H: eddy_sql::TxHandler<E>>(
         service: &ServiceDb,
         name: &'static str,
         handler: H,
-    ) -> Timed<Transactional<E, H>> {
-        Timed {
+        batch: &BatchConfig,
+    ) -> anyhow::Result<Timed<Batched<E, EachInTx<H>>>> {
+        Ok(Timed {
             consumer: name,
-            inner: Transactional::new(service.db.clone(), name, handler),
-        }
+            inner: Batched::new(service.db.clone(), name, EachInTx(handler))
+                .with_config(batch.clone())?,
+        })
     }
     let s = &services;
     if let Some(catalog) = &s.catalog {
@@ -377,7 +385,8 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
                 catalog,
                 "catalog",
                 catalog::OnStockChanged,
-            )),
+                &batch,
+            )?),
         );
     }
     if let Some(orders) = &s.orders {
@@ -391,19 +400,25 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
                 orders,
                 "orders",
                 orders::OnProductUpserted,
-            )),
+                &batch,
+            )?),
         );
         add(
             "orders",
             INVENTORY_TOPIC,
-            eddy_runtime::Router::new().route::<StockRejected, _>(tx(orders, "orders", settle())),
+            eddy_runtime::Router::new().route::<StockRejected, _>(tx(
+                orders,
+                "orders",
+                settle(),
+                &batch,
+            )?),
         );
         add(
             "orders",
             PAYMENTS_TOPIC,
             eddy_runtime::Router::new()
-                .route::<PaymentCaptured, _>(tx(orders, "orders", settle()))
-                .route::<PaymentDeclined, _>(tx(orders, "orders", settle())),
+                .route::<PaymentCaptured, _>(tx(orders, "orders", settle(), &batch)?)
+                .route::<PaymentDeclined, _>(tx(orders, "orders", settle(), &batch)?),
         );
     }
     if let Some(inventory) = &s.inventory {
@@ -420,15 +435,16 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
                 inventory,
                 "inventory",
                 inv.clone(),
-            )),
+                &batch,
+            )?),
         );
         add(
             "inventory",
             ORDERS_TOPIC,
             eddy_runtime::Router::new()
-                .route::<OrderPlaced, _>(tx(inventory, "inventory", inv.clone()))
-                .route::<OrderCancelled, _>(tx(inventory, "inventory", inv.clone()))
-                .route::<OrderConfirmed, _>(tx(inventory, "inventory", inv)),
+                .route::<OrderPlaced, _>(tx(inventory, "inventory", inv.clone(), &batch)?)
+                .route::<OrderCancelled, _>(tx(inventory, "inventory", inv.clone(), &batch)?)
+                .route::<OrderConfirmed, _>(tx(inventory, "inventory", inv, &batch)?),
         );
     }
     if let Some(payments) = &s.payments {
@@ -457,8 +473,13 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
             "notifications",
             ORDERS_TOPIC,
             eddy_runtime::Router::new()
-                .route::<OrderConfirmed, _>(tx(notifications, "notifications", notify.clone()))
-                .route::<OrderCancelled, _>(tx(notifications, "notifications", notify)),
+                .route::<OrderConfirmed, _>(tx(
+                    notifications,
+                    "notifications",
+                    notify.clone(),
+                    &batch,
+                )?)
+                .route::<OrderCancelled, _>(tx(notifications, "notifications", notify, &batch)?),
         );
     }
 
@@ -615,7 +636,12 @@ fn router(config: &Config, services: Services) -> Router {
 pub fn platform_layers(api: Router, config: &Config) -> Router {
     // The metrics are part of the stack (and of what S1 measures): make sure they record.
     prometheus();
-    let api = api.layer(middleware::from_fn(record_http));
+    let body_limit = config.server.body_limit_bytes;
+    let api = api
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            refuse_oversized(body_limit, request, next)
+        }))
+        .layer(middleware::from_fn(record_http));
     let budget = config.request_timeout();
     api.layer(middleware::from_fn(move |request: Request, next: Next| {
         propagate_deadline(budget, request, next)
@@ -662,6 +688,45 @@ pub fn platform_layers(api: Router, config: &Config) -> Router {
                 config.server.body_limit_bytes,
             )),
     )
+}
+
+/// Most of an oversized body read (and thrown away) before it is refused.
+const OVERSIZED_DRAIN_MAX: u64 = 1 << 20;
+
+/// Refuses a body whose declared length exceeds `limit` with 413 before any handler runs,
+/// and reads the rest of it first (up to [`OVERSIZED_DRAIN_MAX`]): a server that answers
+/// and closes while the client is still sending resets the connection, and the client
+/// sees a transport error instead of the problem response. Beyond that bound it answers
+/// at once and closes the connection. Bodies without a length are still limited by the
+/// extractors (`DefaultBodyLimit`).
+async fn refuse_oversized(limit: usize, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|&d| d > limit as u64) else {
+        return next.run(request).await;
+    };
+    let mut response = problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        "The request body was rejected",
+        Some(format!(
+            "the body is {declared} bytes; at most {limit} are accepted"
+        )),
+    );
+    if declared <= OVERSIZED_DRAIN_MAX {
+        use futures::StreamExt;
+        let mut body = request.into_body().into_data_stream();
+        while let Some(Ok(_)) = body.next().await {}
+    } else {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// Runs the request under its deadline: the caller's `eddy-deadline` header or our own

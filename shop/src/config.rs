@@ -126,6 +126,11 @@ pub struct ConsumerSettings {
     pub backoff_initial_ms: u64,
     /// Largest backoff ceiling. Default 5 s.
     pub backoff_max_ms: u64,
+    /// Most events of one handler committed in one transaction (group commit: the events
+    /// a consumer is handling at one moment share a transaction and its flush). 1 turns
+    /// it off: one transaction per event. Default 256; a batch never exceeds
+    /// `concurrency` in practice, and never waits to fill up.
+    pub batch_len_max: usize,
 }
 
 /// Every service of the platform.
@@ -344,6 +349,7 @@ impl Default for ConsumerSettings {
             attempts_max: 5,
             backoff_initial_ms: 100,
             backoff_max_ms: 5_000,
+            batch_len_max: 256,
         }
     }
 }
@@ -418,6 +424,7 @@ impl Config {
             ),
             ("consumer.concurrency", self.consumer.concurrency as u64),
             ("consumer.in_flight_max", self.consumer.in_flight_max as u64),
+            ("consumer.batch_len_max", self.consumer.batch_len_max as u64),
             (
                 "consumer.attempts_max",
                 u64::from(self.consumer.attempts_max),
