@@ -22,7 +22,7 @@ static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The process-wide Prometheus recorder (installed on first use, with a thread that runs
-/// its upkeep every [`UPKEEP_INTERVAL`]).
+/// its upkeep every 5 s).
 pub fn prometheus() -> Option<&'static PrometheusHandle> {
     PROMETHEUS
         .get_or_init(|| {
