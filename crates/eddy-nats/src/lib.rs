@@ -47,6 +47,7 @@ use eddy_core::{
     transport, Delivery, Envelope, Error, Message, Publisher, Subscriber, Subscription, Undecodable,
 };
 use futures::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
 
 /// How long closing a member waits for messages already on their way to it, to hand them
 /// back at once rather than after `ack_wait`.
@@ -292,6 +293,7 @@ impl Subscriber for Nats {
             topic: topic.to_owned(),
             pull_batch: self.config.pull_batch.max(1),
             handback_delay: expires + HANDBACK_MARGIN,
+            closing: CancellationToken::new(),
             messages: tokio::sync::Mutex::new(Some(messages)),
             held: Mutex::new(BTreeMap::new()),
         }))
@@ -304,6 +306,8 @@ pub struct NatsSubscription {
     pull_batch: usize,
     /// NAK delay of what a closing member hands back: past the life of its last pull.
     handback_delay: Duration,
+    /// Cancelled by `close`, so that a fetch waiting on an idle stream lets go of it.
+    closing: CancellationToken,
     /// `None` once closed.
     messages: tokio::sync::Mutex<Option<pull::Stream>>,
     held: Mutex<BTreeMap<u64, jetstream::Message>>,
@@ -391,7 +395,12 @@ impl Subscription for NatsSubscription {
         };
         // Wait for the first message (cancel-safe: nothing is taken until it is held)…
         let first = loop {
-            if let Some(message) = pulled(messages.next().await)? {
+            let item = tokio::select! {
+                biased;
+                _ = self.closing.cancelled() => return Err(Error::permanent("the subscription was closed")),
+                item = messages.next() => item,
+            };
+            if let Some(message) = pulled(item)? {
                 break message;
             }
         };
@@ -433,6 +442,7 @@ impl Subscription for NatsSubscription {
     async fn close(&self) -> Result<(), Error> {
         // Stop pulling, and take back what the open pull already brought: a bounded
         // drain (the pull asks for more as it empties, so an endless stream never ends).
+        self.closing.cancel();
         let mut brought = Vec::new();
         if let Some(mut messages) = self.messages.lock().await.take() {
             let until = tokio::time::Instant::now() + CLOSE_DRAIN_MAX;

@@ -164,3 +164,28 @@ async fn a_closed_member_leaves_nothing_behind_for_ack_wait() {
     );
     heir.close().await.unwrap();
 }
+
+/// Closing a member while a fetch waits on its idle pull ends the fetch instead of
+/// waiting for a message that may never come.
+#[tokio::test]
+async fn close_ends_a_waiting_fetch() {
+    use eddy_testkit::conformance::Fixture as _;
+    let fixture = fixture().await;
+    let topic = fixture.topic(1).await;
+    let member: Arc<dyn eddy_core::Subscription> =
+        fixture.nats.subscribe(&topic, "g").await.unwrap().into();
+    let waiting = tokio::spawn({
+        let member = member.clone();
+        async move { member.fetch(10).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(Duration::from_secs(5), member.close())
+        .await
+        .expect("close does not wait for the idle fetch")
+        .unwrap();
+    let fetched = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the fetch ends")
+        .unwrap();
+    assert!(fetched.is_err(), "a closed member fetches nothing");
+}
