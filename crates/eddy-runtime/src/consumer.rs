@@ -124,7 +124,9 @@ impl Consumer {
     }
 
     /// Runs until `shutdown` is cancelled, then stops fetching, lets in-flight messages
-    /// finish for up to `drain_timeout`, commits what finished and leaves the group.
+    /// finish for up to `drain_timeout`, commits what finished and leaves the group. A
+    /// message waiting for its next retry is not retried during the drain: it stays
+    /// uncommitted (with the messages of its key behind it) and is delivered again.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         self.config.validate()?;
         let subscription: Arc<dyn Subscription> = self
@@ -151,6 +153,7 @@ impl Consumer {
             in_flight: Arc::new(Semaphore::new(self.config.in_flight_max)),
             jitter: Mutex::new(StdRng::seed_from_u64(seed)),
             abandon: CancellationToken::new(),
+            stopping: CancellationToken::new(),
         });
 
         // If this future is dropped (the task aborted), key tasks stop retrying.
@@ -176,6 +179,7 @@ impl Consumer {
             commit(&shared, subscription.as_ref()).await;
         };
         stop_fetching.cancel();
+        shared.stopping.cancel();
 
         // Drain: wait for in-flight messages, committing as they finish.
         let drained = tokio::time::timeout(self.config.drain_timeout, async {
@@ -230,6 +234,10 @@ struct Shared {
     jitter: Mutex<StdRng>,
     /// Cancelled when the drain times out: retries stop and work is abandoned.
     abandon: CancellationToken,
+    /// Cancelled when shutdown begins: a message waiting for its next attempt is let go
+    /// (uncommitted, so it is delivered again) instead of holding the drain open —
+    /// its retry may wait on something that is stopping too, such as another consumer.
+    stopping: CancellationToken,
 }
 
 /// One message and the in-flight permit it holds until it is finished.
@@ -451,6 +459,7 @@ async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
             tracing::debug!(event_id = %envelope.id, ?pause, %error, "dependency unavailable; pausing");
             tokio::select! {
                 _ = shared.abandon.cancelled() => return Outcome::Abandoned,
+                _ = shared.stopping.cancelled() => return let_go_for_shutdown(envelope),
                 _ = tokio::time::sleep(pause) => continue,
             }
         }
@@ -466,6 +475,7 @@ async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
             tracing::debug!(event_id = %envelope.id, attempt, ?pause, %error, "transient failure; retrying");
             tokio::select! {
                 _ = shared.abandon.cancelled() => return Outcome::Abandoned,
+                _ = shared.stopping.cancelled() => return let_go_for_shutdown(envelope),
                 _ = tokio::time::sleep(pause) => continue,
             }
         }
@@ -479,6 +489,14 @@ async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
         };
         return send_dead_letter(shared, delivery, &failure).await;
     }
+}
+
+/// A message waiting for its next attempt when shutdown begins is not retried again: it
+/// stays uncommitted and comes back, attempts counted afresh, to whoever owns its
+/// partition next.
+fn let_go_for_shutdown(envelope: &eddy_core::Envelope) -> Outcome {
+    tracing::info!(event_id = %envelope.id, "shutting down: a message waiting to be retried will be delivered again");
+    Outcome::Abandoned
 }
 
 /// Publishes the dead letter, retrying until it is accepted: a message is finished

@@ -657,6 +657,74 @@ async fn a_poison_event_fails_alone_and_its_batch_mates_are_written(db: TestDb) 
     }
 }
 
+async fn a_message_waiting_to_be_retried_does_not_hold_up_shutdown(db: TestDb) {
+    let log = open_log(&db).await;
+    log.create_topic("orders", 1).await.unwrap();
+    let events = Numbered::interleaved(1, 3);
+    log.publish("orders", &events).await.unwrap();
+    // key-0 fails once, then waits a backoff of up to a minute; the drain allows 30 s.
+    let recorder = Recorder::default();
+    recorder.flaky.lock().unwrap().insert("key-0".into(), 1);
+    let config = ConsumerConfig {
+        retry: RetryPolicy {
+            attempts_max: 3,
+            backoff_initial: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(60),
+        },
+        jitter_seed: Some(1), // a pause well above a second with this seed
+        drain_timeout: Duration::from_secs(30),
+        ..ConsumerConfig::default()
+    };
+    let first = consumer(
+        &log,
+        "orders",
+        Router::new().route::<Numbered, _>(recorder.clone()),
+        config.clone(),
+    );
+    let stats = first.stats();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(first.run(stop.clone()));
+    eventually("the first failure", || stats.retried() == 1).await;
+
+    let started = tokio::time::Instant::now();
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}: it waited for the retry",
+        started.elapsed()
+    );
+    assert!(
+        recorder.seen.lock().unwrap().is_empty(),
+        "nothing handled yet"
+    );
+
+    // Uncommitted, so the next consumer gets all three, in order.
+    let next = consumer(
+        &log,
+        "orders",
+        Router::new().route::<Numbered, _>(recorder.clone()),
+        fast_retries(),
+    );
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(next.run(stop.clone()));
+    eventually("all three handled", || {
+        recorder.seen.lock().unwrap().len() == 3
+    })
+    .await;
+    wait_committed(&log, "workers", "orders").await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    let seqs: Vec<u64> = recorder
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(seqs, vec![0, 1, 2]);
+}
+
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -688,4 +756,5 @@ on_both_backends!(
     batched_effects_are_exactly_once_in_key_order_with_fewer_transactions,
     a_poison_event_fails_alone_and_its_batch_mates_are_written,
     a_per_event_handler_under_group_commit_has_one_effect_per_event,
+    a_message_waiting_to_be_retried_does_not_hold_up_shutdown,
 );
