@@ -61,7 +61,6 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
 static HTTP_METRICS: LazyLock<RwLock<HashMap<Box<str>, Vec<HttpHandles>>>> =
     LazyLock::new(RwLock::default);
 
-#[derive(Clone)]
 struct HttpHandles {
     method: Method,
     status: StatusCode,
@@ -69,38 +68,48 @@ struct HttpHandles {
     duration: metrics::Histogram,
 }
 
+impl HttpHandles {
+    fn record(&self, elapsed: Duration) {
+        self.requests.increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+fn find<'a>(
+    handles: &'a HashMap<Box<str>, Vec<HttpHandles>>,
+    route: &str,
+    method: &Method,
+    status: StatusCode,
+) -> Option<&'a HttpHandles> {
+    handles
+        .get(route)?
+        .iter()
+        .find(|h| h.method == *method && h.status == status)
+}
+
 /// Counts one answered request and records its duration.
 pub fn record_http(route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
-    let found = HTTP_METRICS
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(route)
-        .and_then(|handles| {
-            handles
-                .iter()
-                .find(|h| h.method == *method && h.status == status)
-                .cloned()
-        });
-    let handles = match found {
-        Some(handles) => handles,
-        None => {
-            let handles = HttpHandles {
-                method: method.clone(),
-                status,
-                requests: metrics::counter!("http_requests_total", "route" => route.to_owned(), "method" => method.to_string(), "status" => status.as_u16().to_string()),
-                duration: metrics::histogram!("http_request_duration_seconds", "route" => route.to_owned(), "method" => method.to_string()),
-            };
-            HTTP_METRICS
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(Box::from(route))
-                .or_default()
-                .push(handles.clone());
-            handles
-        }
+    if let Some(handles) = find(
+        &HTTP_METRICS.read().unwrap_or_else(|p| p.into_inner()),
+        route,
+        method,
+        status,
+    ) {
+        return handles.record(elapsed);
+    }
+    let mut all = HTTP_METRICS.write().unwrap_or_else(|p| p.into_inner());
+    // Another request may have registered them since the read.
+    if let Some(handles) = find(&all, route, method, status) {
+        return handles.record(elapsed);
+    }
+    let handles = HttpHandles {
+        method: method.clone(),
+        status,
+        requests: metrics::counter!("http_requests_total", "route" => route.to_owned(), "method" => method.to_string(), "status" => status.as_u16().to_string()),
+        duration: metrics::histogram!("http_request_duration_seconds", "route" => route.to_owned(), "method" => method.to_string()),
     };
-    handles.requests.increment(1);
-    handles.duration.record(elapsed.as_secs_f64());
+    handles.record(elapsed);
+    all.entry(Box::from(route)).or_default().push(handles);
 }
 
 /// Installs the log subscriber: JSON lines or text, filtered by `level`.
