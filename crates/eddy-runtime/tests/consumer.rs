@@ -53,6 +53,13 @@ struct Recorder {
     flaky: Arc<Mutex<HashMap<String, u32>>>,
 }
 
+impl Recorder {
+    /// The seq numbers handled, in arrival order.
+    fn seqs(&self) -> Vec<u64> {
+        self.seen.lock().unwrap().iter().map(|(_, s)| *s).collect()
+    }
+}
+
 #[async_trait]
 impl Handler<Numbered> for Recorder {
     async fn handle(&self, event: Numbered, _: &Envelope) -> Result<(), HandlerError> {
@@ -144,13 +151,7 @@ async fn poison_goes_to_dead_letters_and_the_partition_keeps_flowing(db: TestDb)
     stop.cancel();
     running.await.unwrap().unwrap();
 
-    let seqs: Vec<u64> = recorder
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, s)| *s)
-        .collect();
+    let seqs = recorder.seqs();
     assert_eq!(
         seqs,
         vec![0, 1, 2, 4, 5, 7, 8, 9],
@@ -715,13 +716,7 @@ async fn a_message_waiting_to_be_retried_does_not_hold_up_shutdown(db: TestDb) {
     wait_committed(&log, "workers", "orders").await;
     stop.cancel();
     running.await.unwrap().unwrap();
-    let seqs: Vec<u64> = recorder
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, s)| *s)
-        .collect();
+    let seqs = recorder.seqs();
     assert_eq!(seqs, vec![0, 1, 2]);
 }
 
