@@ -255,7 +255,7 @@ fn app(kind: &str, stub_url: &str) -> anyhow::Result<Router> {
             // The benchmark's load exceeds the platform's default shedding point on purpose
             // only in S1 (1,000 connections); give it room so shedding is not measured.
             config.server.concurrency_limit = 8192;
-            shop::app::platform_layers(router, &config)
+            shop::platform::platform_layers(router, &config)
         }
         "raw" | "stub" => router,
         other => anyhow::bail!("unknown server kind {other}"),
@@ -268,7 +268,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // The platform itself, configured by EDDY_* variables (S4 runs its orders service).
         return runtime.block_on(async move {
             let config = shop::config::Config::load(None)?;
-            let platform = shop::app::start(config).await?;
+            let platform = shop::platform::start(config).await?;
             println!("listening on {}", platform.api_addr.port());
             tokio::signal::ctrl_c().await?;
             platform.stop().await

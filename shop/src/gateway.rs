@@ -56,7 +56,7 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
     let gateway = Gateway {
         http: reqwest::Client::builder()
             .timeout(Duration::from_millis(config.gateway.timeout_ms))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(config.gateway.idle_connections_max)
             .build()?,
         catalog: Arc::from(config.gateway.catalog_url.trim_end_matches('/')),
         orders: Arc::from(config.gateway.orders_url.trim_end_matches('/')),
@@ -64,20 +64,9 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
         body_limit: config.server.body_limit_bytes,
     };
     Ok(Router::new()
-        .route(
-            "/health/live",
-            get(|| async { Json(serde_json::json!({"status": "live"})) }),
-        )
+        .route("/health/live", get(crate::platform::health::live))
         .route("/health/ready", get(ready))
-        .route(
-            "/openapi.json",
-            get(|| async {
-                (
-                    [(axum::http::header::CONTENT_TYPE, "application/json")],
-                    include_str!("../api/openapi.json"),
-                )
-            }),
-        )
+        .route("/openapi.json", get(crate::platform::health::openapi))
         .fallback(proxy)
         .with_state(gateway))
 }

@@ -45,7 +45,7 @@ struct ServeArgs {
     listen: Option<std::net::SocketAddr>,
     /// Run only this service (repeatable); overrides `services`.
     #[arg(long = "service")]
-    services: Vec<String>,
+    services: Vec<shop::service::ServiceName>,
 }
 
 fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -86,21 +86,10 @@ async fn main() {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    shop::telemetry::init_logs(&config.log_level, config.log_json);
+    eddy_telemetry::init_logs(&config.log_level, config.log_json);
     let data_dir = config.data_dir.clone();
-    let what = if config.services.len() == shop::config::SERVICES.len()
-        && config.broker.kind == "embedded"
-        && config.database_url("orders").starts_with("sqlite:")
-    {
-        "on embedded defaults".to_owned()
-    } else {
-        format!(
-            "({}) on the {} broker",
-            config.services.join(", "),
-            config.broker.kind
-        )
-    };
-    let platform = shop::app::start(config).await?;
+    let what = running_what(&config);
+    let platform = shop::platform::start(config).await?;
     let base = format!("http://{}", platform.api_addr);
     println!(
         "Eddy shop is running {what} (data in {}).",
@@ -121,12 +110,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// "on embedded defaults", or which services on which broker.
+fn running_what(config: &Config) -> String {
+    use shop::config::{BrokerKind, Database};
+    use shop::service::ServiceName;
+    let embedded = config.services.len() == ServiceName::ALL.len()
+        && config.broker.kind == BrokerKind::Embedded
+        && config
+            .database_url(Database::Of(ServiceName::Orders))
+            .starts_with("sqlite:");
+    if embedded {
+        return "on embedded defaults".to_owned();
+    }
+    let services: Vec<&str> = config.services.iter().map(|s| s.as_str()).collect();
+    format!(
+        "({}) on the {} broker",
+        services.join(", "),
+        config.broker.kind.as_str()
+    )
+}
+
 async fn provider(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = load_config(&args)?;
     if let Some(listen) = args.listen {
         config.provider.listen = listen;
     }
-    shop::telemetry::init_logs(&config.log_level, config.log_json);
+    eddy_telemetry::init_logs(&config.log_level, config.log_json);
     let listener = tokio::net::TcpListener::bind(config.provider.listen).await?;
     println!(
         "payment provider listening on http://{}",
@@ -144,7 +153,7 @@ async fn gateway(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.gateway.listen = listen;
     }
-    shop::telemetry::init_logs(&config.log_level, config.log_json);
+    eddy_telemetry::init_logs(&config.log_level, config.log_json);
     let stop = tokio_util::sync::CancellationToken::new();
     let signalled = stop.clone();
     tokio::spawn(async move {

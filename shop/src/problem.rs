@@ -5,8 +5,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-#[derive(Debug, Serialize)]
+/// An RFC 9457 problem: what went wrong, for a person and a program.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// A URI naming the kind of problem, e.g. `https://eddy.dev/problems/invalid-quantity`.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,
@@ -39,6 +41,20 @@ impl From<eddy_core::Error> for ApiError {
         } else {
             ApiError::Unexpected(anyhow::Error::new(error))
         }
+    }
+}
+
+/// A value that did not parse is a request that cannot be processed (422).
+impl From<crate::contracts::values::Invalid> for ApiError {
+    fn from(invalid: crate::contracts::values::Invalid) -> Self {
+        ApiError::Unprocessable(invalid.code, invalid.message)
+    }
+}
+
+impl ApiError {
+    /// A malformed header or query value (400).
+    pub fn bad_request(invalid: crate::contracts::values::Invalid) -> Self {
+        ApiError::BadRequest(invalid.code, invalid.message)
     }
 }
 

@@ -11,19 +11,19 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ProviderConfig;
 use crate::problem::{problem, ApiJson};
 
-/// Answers remembered for idempotency keys; the oldest are forgotten beyond this.
-pub const REMEMBERED_KEYS_MAX: usize = 1_000_000;
-
 #[derive(Debug, Clone)]
 pub struct Provider {
     config: ProviderConfig,
     answers: Arc<Mutex<Answers>>,
+    /// Decides errors and declines; seeded, so a test can replay a run.
+    rng: Arc<Mutex<StdRng>>,
 }
 
 #[derive(Debug, Default)]
@@ -50,9 +50,15 @@ pub struct ChargeAnswer {
 
 impl Provider {
     pub fn new(config: ProviderConfig) -> Self {
+        Self::seeded(config, rand::random())
+    }
+
+    /// A provider whose errors and declines follow `seed`.
+    pub fn seeded(config: ProviderConfig, seed: u64) -> Self {
         Self {
             config,
             answers: Arc::default(),
+            rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
         }
     }
 
@@ -94,7 +100,7 @@ async fn charge(
     }
     tokio::time::sleep(Duration::from_millis(provider.config.latency_ms)).await;
     let (error, declined) = {
-        let mut rng = rand::thread_rng();
+        let mut rng = provider.rng.lock().unwrap_or_else(|p| p.into_inner());
         (
             rng.gen_bool(provider.config.error_rate),
             rng.gen_bool(provider.config.decline_rate),
@@ -142,7 +148,7 @@ impl Provider {
         }
         answers.by_key.insert(key.clone(), (status, answer.clone()));
         answers.order.push_back(key);
-        while answers.order.len() > REMEMBERED_KEYS_MAX {
+        while answers.order.len() > self.config.remembered_keys_max {
             if let Some(oldest) = answers.order.pop_front() {
                 answers.by_key.remove(&oldest);
             }

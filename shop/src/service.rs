@@ -1,22 +1,91 @@
-//! What every service module gets: its own database and outbox.
+//! What every service gets from the platform, and what it gives back.
+//!
+//! A service is a folder (`catalog/`, `orders/`, …) with `domain.rs` (its rules, no
+//! axum or sqlx), `http.rs` (its routes), `store.rs` (its SQL and migrations) and
+//! `events.rs` (what it consumes and publishes). The platform opens a [`ServiceDb`] for
+//! it and asks it for a [`Contribution`]: routes and subscriptions. Services never
+//! import each other; [`crate::contracts`] is all they share.
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use eddy_core::{Clock, Envelope, Event, JsonCodec, SystemClock};
 use eddy_outbox::Outbox;
-use eddy_sql::{Db, Tx};
+use eddy_sql::{BatchConfig, Batched, Db, EachInTx, Tx, TxHandler};
+use eddy_telemetry::Timed;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::contracts::values::Timestamp;
+
+/// The five services of the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceName {
+    Catalog,
+    Orders,
+    Inventory,
+    Payments,
+    Notifications,
+}
+
+impl ServiceName {
+    /// Every service, in start-up order.
+    pub const ALL: [ServiceName; 5] = [
+        ServiceName::Catalog,
+        ServiceName::Orders,
+        ServiceName::Inventory,
+        ServiceName::Payments,
+        ServiceName::Notifications,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Catalog => "catalog",
+            ServiceName::Orders => "orders",
+            ServiceName::Inventory => "inventory",
+            ServiceName::Payments => "payments",
+            ServiceName::Notifications => "notifications",
+        }
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `catalog` is not a service name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown service {0:?}; the services are catalog, orders, inventory, payments, notifications"
+)]
+pub struct UnknownService(pub String);
+
+impl FromStr for ServiceName {
+    type Err = UnknownService;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ServiceName::ALL
+            .into_iter()
+            .find(|name| name.as_str() == s)
+            .ok_or_else(|| UnknownService(s.to_owned()))
+    }
+}
 
 /// A service's own storage. Services never touch each other's.
 #[derive(Debug, Clone)]
 pub struct ServiceDb {
-    pub name: &'static str,
+    pub name: ServiceName,
     pub db: Db,
     pub outbox: Outbox,
     pub clock: Arc<dyn Clock>,
 }
 
 impl ServiceDb {
-    pub async fn open(name: &'static str, db: Db) -> Result<Self, eddy_core::Error> {
+    pub async fn open(name: ServiceName, db: Db) -> Result<Self, eddy_core::Error> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let outbox = Outbox::open(db.clone(), clock.clone()).await?;
         db.migrate(eddy_sql::idempotency::MIGRATIONS).await?;
@@ -45,18 +114,56 @@ impl ServiceDb {
             .await
     }
 
-    pub fn now_us(&self) -> i64 {
-        eddy_core::envelope::to_micros(self.clock.now())
+    /// Now, by the service's clock.
+    pub fn now(&self) -> Timestamp {
+        Timestamp::from_micros(eddy_core::envelope::to_micros(self.clock.now()))
     }
 }
 
-/// RFC 3339 text of a microsecond timestamp.
-pub fn rfc3339(micros: i64) -> String {
-    eddy_core::envelope::from_micros(micros)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+/// What the platform hands a service when it plugs it in.
+#[derive(Debug)]
+pub struct ServiceContext<'a> {
+    pub service: ServiceDb,
+    pub config: &'a Config,
+    /// Where the payment provider answers (the embedded simulator or
+    /// `payments.provider_url`).
+    pub provider_url: &'a str,
+}
+
+/// An idempotent handler as the shop runs every one: the handler's writes and the
+/// processed-event record in one transaction, under group commit, timed.
+pub type Idempotent<E, H> = Timed<Batched<E, EachInTx<H>>>;
+
+impl ServiceContext<'_> {
+    /// `handler` made idempotent and timed, on this service's database.
+    pub fn idempotent<E: Event + Clone, H: TxHandler<E>>(
+        &self,
+        handler: H,
+    ) -> anyhow::Result<Idempotent<E, H>> {
+        let batch = BatchConfig {
+            batch_len_max: self.config.consumer.batch_len_max,
+            ..BatchConfig::default()
+        };
+        let name = self.service.name.as_str();
+        Ok(Timed::new(
+            name,
+            Batched::new(self.service.db.clone(), name, EachInTx(handler)).with_config(batch)?,
+        ))
+    }
+}
+
+/// One consumer of the service: a topic and the handlers of its event types.
+#[derive(Debug)]
+pub struct Subscription {
+    pub topic: &'static str,
+    pub router: eddy_runtime::Router,
+}
+
+/// What a service adds to the platform.
+#[derive(Debug, Default)]
+pub struct Contribution {
+    /// Its public routes, documented, if it has any.
+    pub routes: Option<utoipa_axum::router::OpenApiRouter>,
+    /// Its consumers; the group is the service's name.
+    pub subscriptions: Vec<Subscription>,
 }

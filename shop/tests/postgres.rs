@@ -185,7 +185,7 @@ async fn the_saga_runs_on_postgresql_with_kafka() {
     let tansu = eddy_testkit::tansu::Tansu::start();
     let bootstrap = tansu.bootstrap().to_owned();
     let app = common::spawn_app_on_postgres(move |config| {
-        config.broker.kind = "kafka".to_owned();
+        config.broker.kind = shop::config::BrokerKind::Kafka;
         config.broker.kafka_bootstrap_servers = bootstrap;
         config.broker.kafka_partitions = 4;
         config.broker.kafka_producer = [("batch.num.messages".to_owned(), "1".to_owned())].into();

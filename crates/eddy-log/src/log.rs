@@ -423,6 +423,33 @@ impl Log {
     }
 }
 
+impl Log {
+    /// Records of `topic` that `group` has not committed, over every partition, as
+    /// Kafka counts it: from the committed offset (or the oldest record still kept,
+    /// whichever is later — a record retention deleted is not waiting for anyone) to
+    /// the end. A group that never committed lags by everything kept.
+    pub async fn lag(&self, group: &str, topic: &str) -> Result<u64, Error> {
+        let ends = self.end_offsets(topic).await?;
+        let committed = self.committed_offsets(group, topic).await?;
+        let mut lag = 0u64;
+        for (partition, end) in ends {
+            let oldest: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(record_offset) FROM eddy_log_records WHERE topic = $1 AND partition = $2",
+            )
+            .bind(topic)
+            .bind(i64::from(partition))
+            .fetch_one(self.inner.db.pool())
+            .await
+            .map_err(|e| classify("cannot read the oldest kept offset", e))?;
+            // Nothing kept: everything before the end is gone.
+            let low = oldest.map_or(end, |o| o.max(0) as u64);
+            let position = committed.get(&partition).copied().unwrap_or(0).max(low);
+            lag += end.saturating_sub(position);
+        }
+        Ok(lag)
+    }
+}
+
 #[async_trait]
 impl Publisher for Log {
     async fn publish(&self, topic: &str, events: &[Envelope]) -> Result<(), Error> {

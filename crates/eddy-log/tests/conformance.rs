@@ -88,6 +88,11 @@ mod retention {
             .await
             .unwrap();
         assert_eq!(
+            log.lag("g", "t").await.unwrap(),
+            6,
+            "a new group lags by all"
+        );
+        assert_eq!(
             log.purge_expired(1000).await.unwrap(),
             0,
             "young records stay"
@@ -105,6 +110,11 @@ mod retention {
         );
         let offsets: u64 = log.end_offsets("t").await.unwrap().values().sum();
         assert_eq!(offsets, 7, "offsets never go back");
+        assert_eq!(
+            log.lag("g", "t").await.unwrap(),
+            1,
+            "purged records are not waiting for anyone"
+        );
     }
 
     #[tokio::test]

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use shop::app::Platform;
 use shop::config::Config;
+use shop::platform::Platform;
 
 pub struct TestApp {
     pub base: String,
@@ -55,7 +55,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.provider.decline_rate = 0.0;
     config.consumer.backoff_initial_ms = 20;
     config.consumer.backoff_max_ms = 200;
-    config.databases.sqlite_synchronous = "normal".to_owned();
+    config.databases.sqlite_synchronous = shop::config::SqliteSync::Normal;
     config.log_level = "warn".to_owned();
     config
 }
@@ -64,7 +64,9 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     tweak(&mut config);
-    let platform = shop::app::start(config).await.expect("the platform starts");
+    let platform = shop::platform::start(config)
+        .await
+        .expect("the platform starts");
     TestApp {
         base: format!("http://{}", platform.api_addr),
         http: reqwest::Client::new(),
@@ -90,7 +92,7 @@ pub async fn spawn_app_on_postgres_and_nats(tweak: impl FnOnce(&mut Config)) -> 
     };
     let nats = streams.config.clone();
     let mut app = spawn_app_on_postgres(move |config| {
-        config.broker.kind = "nats".to_owned();
+        config.broker.kind = shop::config::BrokerKind::Nats;
         config.broker.nats_url = nats.url.clone();
         config.broker.nats_stream_prefix = nats.stream_prefix.clone();
         config.broker.nats_subject_prefix = nats.subject_prefix.clone();
@@ -118,7 +120,7 @@ pub async fn spawn_app_on_postgres(tweak: impl FnOnce(&mut Config)) -> TestApp {
     config.databases.notifications = url(4);
     config.databases.log = url(5);
     tweak(&mut config);
-    let platform = shop::app::start(config)
+    let platform = shop::platform::start(config)
         .await
         .expect("the platform starts on PostgreSQL");
     TestApp {

@@ -12,6 +12,10 @@ pub const CATALOG_TOPIC: &str = "catalog";
 pub const ORDERS_TOPIC: &str = "orders";
 pub const INVENTORY_TOPIC: &str = "inventory";
 pub const PAYMENTS_TOPIC: &str = "payments";
+/// Every topic of the platform (each has its `<topic>.dlq`).
+pub const TOPICS: [&str; 4] = [CATALOG_TOPIC, ORDERS_TOPIC, INVENTORY_TOPIC, PAYMENTS_TOPIC];
+
+pub mod values;
 
 /// A product was created or changed. `stock`, when present, is the new available
 /// quantity an operator set.
@@ -160,16 +164,5 @@ impl Event for PaymentDeclined {
     const TYPE: &'static str = "payments.PaymentDeclined";
     fn key(&self) -> String {
         self.order_id.clone()
-    }
-}
-
-impl OrderPlaced {
-    /// Quantities per product, lines of the same product merged.
-    pub fn quantities_by_product(&self) -> std::collections::BTreeMap<String, i64> {
-        let mut out = std::collections::BTreeMap::new();
-        for line in &self.lines {
-            *out.entry(line.product_id.clone()).or_insert(0) += line.quantity;
-        }
-        out
     }
 }

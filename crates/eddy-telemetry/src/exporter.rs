@@ -1,0 +1,121 @@
+//! Runtime, relay and outbox statistics as metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_core::async_trait;
+use eddy_outbox::{Outbox, RelayStats};
+use eddy_runtime::ConsumerStats;
+use tokio_util::sync::CancellationToken;
+
+/// Where consumer lag comes from: each broker adapter can tell (`Log::lag`,
+/// `Kafka::lag`, `Nats::lag`).
+#[async_trait]
+pub trait LagProbe: Send + Sync {
+    /// Messages of `topic` not yet committed by `group`; `None` when it cannot be told
+    /// now (the gauge keeps its last value).
+    async fn lag(&self, group: &str, topic: &str) -> Option<u64>;
+}
+
+struct ConsumerEntry {
+    group: &'static str,
+    topic: &'static str,
+    stats: Arc<ConsumerStats>,
+}
+
+struct RelayEntry {
+    service: &'static str,
+    stats: Arc<RelayStats>,
+    outbox: Outbox,
+}
+
+/// Exports the statistics of registered consumers and relays: counters
+/// (`events_processed_total`, `events_dead_lettered_total`, `events_published_total`)
+/// and gauges (`consumer_lag_messages`, `outbox_pending_messages`,
+/// `outbox_oldest_pending_age_seconds`).
+#[derive(Default)]
+pub struct Exporter {
+    consumers: Vec<ConsumerEntry>,
+    relays: Vec<RelayEntry>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter")
+            .field("consumers", &self.consumers.len())
+            .field("relays", &self.relays.len())
+            .finish()
+    }
+}
+
+impl Exporter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn consumer(
+        &mut self,
+        group: &'static str,
+        topic: &'static str,
+        stats: Arc<ConsumerStats>,
+    ) {
+        self.consumers.push(ConsumerEntry {
+            group,
+            topic,
+            stats,
+        });
+    }
+
+    pub fn relay(&mut self, service: &'static str, stats: Arc<RelayStats>, outbox: Outbox) {
+        self.relays.push(RelayEntry {
+            service,
+            stats,
+            outbox,
+        });
+    }
+
+    /// Writes every statistic once.
+    pub async fn export(&self, lag: &dyn LagProbe) {
+        for c in &self.consumers {
+            metrics::counter!("events_dead_lettered_total", "consumer" => c.group, "topic" => c.topic)
+                .absolute(c.stats.dead_lettered());
+            metrics::counter!("events_processed_total", "consumer" => c.group, "topic" => c.topic)
+                .absolute(c.stats.handled());
+            if let Some(lag) = lag.lag(c.group, c.topic).await {
+                metrics::gauge!("consumer_lag_messages", "group" => c.group, "topic" => c.topic)
+                    .set(lag as f64);
+            }
+        }
+        let now_us = eddy_core::envelope::to_micros(eddy_core::OffsetDateTime::now_utc());
+        for r in &self.relays {
+            metrics::counter!("events_published_total", "service" => r.service)
+                .absolute(r.stats.published());
+            match r.outbox.state().await {
+                Ok(state) => {
+                    metrics::gauge!("outbox_pending_messages", "service" => r.service)
+                        .set(state.pending_len as f64);
+                    let age_us = state
+                        .oldest_pending_at_us
+                        .map_or(0, |at| now_us.saturating_sub(at).max(0));
+                    metrics::gauge!("outbox_oldest_pending_age_seconds", "service" => r.service)
+                        .set(age_us as f64 / 1e6);
+                }
+                Err(error) => {
+                    tracing::warn!(service = r.service, %error, "cannot read the outbox state")
+                }
+            }
+        }
+    }
+
+    /// Exports every `interval` until `stop`.
+    pub async fn run(self, lag: Arc<dyn LagProbe>, interval: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => self.export(lag.as_ref()).await,
+            }
+        }
+    }
+}

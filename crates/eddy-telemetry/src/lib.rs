@@ -1,0 +1,28 @@
+//! # eddy-telemetry — what an Eddy service tells its operators
+//!
+//! Layout:
+//!
+//! - [`metrics`] — the process-wide Prometheus recorder ([`prometheus`], with upkeep so
+//!   histograms stay bounded when nobody scrapes) and [`record_http`], which counts
+//!   requests through handles resolved once per route, method and status.
+//! - [`timed`] — [`Timed`], a handler wrapper that records
+//!   `event_processing_duration_seconds` and `events_failed_total`.
+//! - [`exporter`] — [`Exporter`]: consumer, relay and outbox statistics and consumer
+//!   lag as metrics, on an interval, until shutdown.
+//! - [`logs`] — [`init_logs`]: JSON lines or text, filtered.
+//!
+//! Metric names: `http_requests_total` and `http_request_duration_seconds` (route,
+//! method, status); `event_processing_duration_seconds` and `events_failed_total`
+//! (consumer, event type); `events_processed_total` and `events_dead_lettered_total`
+//! (consumer, topic); `events_published_total` (service); `consumer_lag_messages` (group,
+//! topic); `outbox_pending_messages` and `outbox_oldest_pending_age_seconds` (service).
+
+pub mod exporter;
+pub mod logs;
+pub mod metrics;
+pub mod timed;
+
+pub use exporter::{Exporter, LagProbe};
+pub use logs::init_logs;
+pub use metrics::{prometheus, record_http};
+pub use timed::Timed;

@@ -1,0 +1,47 @@
+//! What the catalog publishes (`ProductUpserted` on `catalog`) and consumes
+//! (`StockChanged` from `inventory`).
+
+use eddy_core::{async_trait, Envelope, HandlerError};
+use eddy_sql::{Tx, TxHandler};
+
+use super::domain::Product;
+use super::store;
+use crate::contracts::{ProductUpserted, StockChanged, INVENTORY_TOPIC};
+use crate::service::{ServiceContext, Subscription};
+
+/// The announcement of a product as it now is; `stock` only when the operator set it.
+pub fn upserted(product: &Product, stock_set: Option<i64>) -> ProductUpserted {
+    ProductUpserted {
+        product_id: product.id.as_str().to_owned(),
+        sku: product.sku.clone(),
+        name: product.name.clone(),
+        price_cents: product.price_cents,
+        currency: product.currency.clone(),
+        stock: stock_set,
+    }
+}
+
+/// Keeps the catalog's stock figure in step with inventory, ignoring stale news.
+#[derive(Debug, Clone)]
+pub struct OnStockChanged;
+
+#[async_trait]
+impl TxHandler<StockChanged> for OnStockChanged {
+    async fn handle(
+        &self,
+        event: StockChanged,
+        _: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        store::apply_stock(tx, &event.product_id, event.available, event.version).await?;
+        Ok(())
+    }
+}
+
+pub fn subscriptions(ctx: &ServiceContext<'_>) -> anyhow::Result<Vec<Subscription>> {
+    Ok(vec![Subscription {
+        topic: INVENTORY_TOPIC,
+        router: eddy_runtime::Router::new()
+            .route::<StockChanged, _>(ctx.idempotent(OnStockChanged)?),
+    }])
+}

@@ -1,0 +1,151 @@
+//! `/v1/products`: create, read and change products.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::domain::{self, ProductChange};
+use super::{events, store};
+use crate::contracts::values::{ProductId, Timestamp};
+use crate::contracts::CATALOG_TOPIC;
+use crate::problem::{ApiError, ApiJson};
+use crate::service::ServiceDb;
+
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewProduct {
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+    /// ISO 4217, e.g. `EUR`.
+    pub currency: String,
+    pub stock: i64,
+}
+
+/// Give at least one field.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductUpdate {
+    pub price_cents: Option<i64>,
+    pub stock: Option<i64>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProductView {
+    pub id: String,
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub currency: String,
+    pub stock: i64,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+}
+
+impl From<domain::Product> for ProductView {
+    fn from(p: domain::Product) -> Self {
+        Self {
+            id: p.id.into_string(),
+            sku: p.sku,
+            name: p.name,
+            price_cents: p.price_cents,
+            currency: p.currency,
+            stock: p.stock,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+/// The routes with their documentation (see [`crate::openapi`]).
+pub fn router() -> OpenApiRouter<ServiceDb> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(read, update))
+}
+
+/// Create a product; its `ProductUpserted` commits with it.
+#[utoipa::path(post, path = "/v1/products", tag = "catalog", request_body = NewProduct,
+    responses(
+        (status = 201, description = "Created", body = ProductView),
+        (status = 409, description = "A product with this SKU exists", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(service): State<ServiceDb>,
+    ApiJson(new): ApiJson<NewProduct>,
+) -> Result<(StatusCode, Json<ProductView>), ApiError> {
+    let product = domain::NewProduct::parse(
+        &new.sku,
+        &new.name,
+        new.price_cents,
+        &new.currency,
+        new.stock,
+    )?;
+    let id = ProductId::generate();
+    let mut tx = service.db.begin().await?;
+    if !store::insert(&mut tx, &id, &product, service.now()).await? {
+        return Err(ApiError::Conflict(
+            "duplicate-sku",
+            format!("a product with sku {:?} exists", new.sku),
+        ));
+    }
+    let created = store::load(tx.conn(), id.as_str())
+        .await?
+        .ok_or(ApiError::NotFound("product"))?;
+    let event = events::upserted(&created, Some(product.stock.units()));
+    service.emit(&mut tx, CATALOG_TOPIC, &event, None).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+/// Read a product.
+#[utoipa::path(get, path = "/v1/products/{id}", tag = "catalog",
+    params(("id" = String, Path, description = "The product's id")),
+    responses(
+        (status = 200, description = "The product", body = ProductView),
+        (status = 404, description = "No such product", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn read(
+    State(service): State<ServiceDb>,
+    Path(id): Path<String>,
+) -> Result<Json<ProductView>, ApiError> {
+    let mut conn = service.db.pool().acquire().await?;
+    store::load(&mut conn, &id)
+        .await?
+        .map(|p| Json(p.into()))
+        .ok_or(ApiError::NotFound("product"))
+}
+
+/// Change a product's price, stock or name; its `ProductUpserted` commits with it.
+#[utoipa::path(put, path = "/v1/products/{id}", tag = "catalog", request_body = ProductUpdate,
+    params(("id" = String, Path, description = "The product's id")),
+    responses(
+        (status = 200, description = "The product as changed", body = ProductView),
+        (status = 404, description = "No such product", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Nothing to change, or a field is invalid", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update(
+    State(service): State<ServiceDb>,
+    Path(id): Path<String>,
+    ApiJson(update): ApiJson<ProductUpdate>,
+) -> Result<Json<ProductView>, ApiError> {
+    let change = ProductChange::parse(update.price_cents, update.stock, update.name.as_deref())?;
+    let mut tx = service.db.begin().await?;
+    if !store::update(&mut tx, &id, &change, service.now()).await? {
+        return Err(ApiError::NotFound("product"));
+    }
+    let product = store::load(tx.conn(), &id)
+        .await?
+        .ok_or(ApiError::NotFound("product"))?;
+    let event = events::upserted(&product, change.stock.map(|s| s.units()));
+    service.emit(&mut tx, CATALOG_TOPIC, &event, None).await?;
+    tx.commit().await?;
+    Ok(Json(product.into()))
+}

@@ -1,0 +1,100 @@
+//! The catalog's tables and its SQL.
+
+use eddy_core::Error;
+use eddy_sql::{classify, Migration, Tx};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::domain::{NewProduct, Product, ProductChange};
+use crate::contracts::values::{ProductId, Timestamp};
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    name: "catalog_0001_products",
+    sqlite: PRODUCTS,
+    postgres: PRODUCTS,
+}];
+
+const PRODUCTS: &str = "CREATE TABLE IF NOT EXISTS products (id TEXT PRIMARY KEY, sku TEXT NOT NULL UNIQUE, name TEXT NOT NULL, price_cents BIGINT NOT NULL, currency TEXT NOT NULL, stock BIGINT NOT NULL, stock_version BIGINT NOT NULL, created_at_us BIGINT NOT NULL, updated_at_us BIGINT NOT NULL)";
+
+fn product(row: &AnyRow) -> Result<Product, sqlx::Error> {
+    let id: String = row.try_get("id")?;
+    Ok(Product {
+        id: ProductId::parse(&id).map_err(|e| sqlx::Error::Decode(e.into()))?,
+        sku: row.try_get("sku")?,
+        name: row.try_get("name")?,
+        price_cents: row.try_get("price_cents")?,
+        currency: row.try_get("currency")?,
+        stock: row.try_get("stock")?,
+        created_at: Timestamp::from_micros(row.try_get("created_at_us")?),
+        updated_at: Timestamp::from_micros(row.try_get("updated_at_us")?),
+    })
+}
+
+/// The product with id `id`, if there is one.
+pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<Product>, Error> {
+    sqlx::query("SELECT id, sku, name, price_cents, currency, stock, created_at_us, updated_at_us FROM products WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+        .and_then(|row| row.as_ref().map(product).transpose())
+        .map_err(|e| classify("cannot read the product", e))
+}
+
+/// Inserts `new` as `id`; false (and nothing written) when its SKU is taken.
+pub async fn insert(
+    tx: &mut Tx,
+    id: &ProductId,
+    new: &NewProduct,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let inserted = sqlx::query("INSERT INTO products (id, sku, name, price_cents, currency, stock, stock_version, created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $7) ON CONFLICT (sku) DO NOTHING")
+        .bind(id.as_str())
+        .bind(new.sku.as_str())
+        .bind(new.name.as_str())
+        .bind(new.price.cents())
+        .bind(new.price.currency().as_str())
+        .bind(new.stock.units())
+        .bind(now.micros())
+        .execute(tx.conn())
+        .await
+        .map_err(|e| classify("cannot insert the product", e))?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Applies `change` to product `id`; false when there is no such product.
+pub async fn update(
+    tx: &mut Tx,
+    id: &str,
+    change: &ProductChange,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let updated = sqlx::query("UPDATE products SET price_cents = COALESCE($1, price_cents), stock = COALESCE($2, stock), name = COALESCE($3, name), updated_at_us = $4 WHERE id = $5")
+        .bind(change.price.map(|p| p.cents()))
+        .bind(change.stock.map(|s| s.units()))
+        .bind(change.name.as_ref().map(|n| n.as_str()))
+        .bind(now.micros())
+        .bind(id)
+        .execute(tx.conn())
+        .await
+        .map_err(|e| classify("cannot update the product", e))?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Sets the stock figure inventory announced, unless a newer one is already there.
+pub async fn apply_stock(
+    tx: &mut Tx,
+    product_id: &str,
+    available: i64,
+    version: i64,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE products SET stock = $1, stock_version = $2 WHERE id = $3 AND stock_version < $2",
+    )
+    .bind(available)
+    .bind(version)
+    .bind(product_id)
+    .execute(tx.conn())
+    .await
+    .map_err(|e| classify("cannot update stock", e))?;
+    Ok(())
+}

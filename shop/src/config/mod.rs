@@ -1,0 +1,248 @@
+//! Typed configuration: defaults, then a TOML file, then `EDDY_*` environment variables
+//! (`EDDY_SERVER__LISTEN=0.0.0.0:8080` sets `server.listen`), validated at start.
+//! Every default is written beside its field (in [`sections`]) and in
+//! `docs/configuration.md`. Closed sets of values are enums, so a misspelt one
+//! (`broker.kind = "kafak"`) stops the start with the key, the value and the values
+//! allowed, instead of quietly meaning the default.
+
+pub mod sections;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub use sections::*;
+
+use crate::service::ServiceName;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the SQLite files live. Default `data`.
+    pub data_dir: PathBuf,
+    /// This process's name in consumer groups; it must survive restarts and differ
+    /// between processes sharing a broker. A restarted process takes its partitions back
+    /// at once under the same name. Default `shop`.
+    pub instance_id: String,
+    /// The services this process runs. Default all five (the modular monolith); one per
+    /// process in scale-out mode, with `shop gateway` in front.
+    pub services: Vec<ServiceName>,
+    pub gateway: GatewayConfig,
+    pub server: ServerConfig,
+    pub databases: DatabasesConfig,
+    pub provider: ProviderConfig,
+    pub payments: PaymentsConfig,
+    pub notifications: NotificationsConfig,
+    pub inventory: InventoryConfig,
+    pub consumer: ConsumerSettings,
+    pub relay: RelaySettings,
+    pub maintenance: MaintenanceConfig,
+    pub broker: BrokerConfig,
+    /// Log level filter (tracing's syntax). Default `info`.
+    pub log_level: String,
+    /// Log as JSON lines (`true`) or as text. Default `false`.
+    pub log_json: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            instance_id: "shop".to_owned(),
+            services: ServiceName::ALL.to_vec(),
+            gateway: GatewayConfig::default(),
+            server: ServerConfig::default(),
+            databases: DatabasesConfig::default(),
+            provider: ProviderConfig::default(),
+            payments: PaymentsConfig::default(),
+            notifications: NotificationsConfig::default(),
+            inventory: InventoryConfig::default(),
+            consumer: ConsumerSettings::default(),
+            relay: RelaySettings::default(),
+            maintenance: MaintenanceConfig::default(),
+            broker: BrokerConfig::default(),
+            log_level: "info".to_owned(),
+            log_json: false,
+        }
+    }
+}
+
+/// A database of the platform: a service's, or the embedded log's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    Of(ServiceName),
+    Log,
+}
+
+impl Database {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Database::Of(service) => service.as_str(),
+            Database::Log => "log",
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if given; it must exist), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                anyhow::bail!("configuration file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        Self::extract(figment.merge(Env::prefixed("EDDY_").split("__")))
+    }
+
+    /// The configuration `figment` holds, validated.
+    pub fn extract(figment: Figment) -> anyhow::Result<Self> {
+        let config: Config = figment.extract().map_err(|errors| {
+            let listed: Vec<String> = errors.into_iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!("invalid configuration:\n  - {}", listed.join("\n  - "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects settings that would stall, spin or mean nothing, listing every problem.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        let rates = [
+            ("provider.decline_rate", self.provider.decline_rate),
+            ("provider.error_rate", self.provider.error_rate),
+            (
+                "notifications.failure_rate",
+                self.notifications.failure_rate,
+            ),
+        ];
+        for (name, value) in rates {
+            if !(0.0..=1.0).contains(&value) {
+                problems.push(format!("{name} must be between 0 and 1, got {value}"));
+            }
+        }
+        for (name, value) in self.positive_settings() {
+            if value == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        if self.services.is_empty() {
+            problems.push("services must name at least one service".to_owned());
+        }
+        if !self.provider.embedded && self.payments.provider_url.is_empty() {
+            problems.push(
+                "payments.provider_url is required when provider.embedded is false".to_owned(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
+        }
+    }
+
+    /// Settings where 0 would stall or refuse everything.
+    fn positive_settings(&self) -> [(&'static str, u64); 18] {
+        let size = |n: usize| n as u64;
+        [
+            (
+                "server.body_limit_bytes",
+                size(self.server.body_limit_bytes),
+            ),
+            (
+                "server.concurrency_limit",
+                size(self.server.concurrency_limit),
+            ),
+            ("server.request_timeout_ms", self.server.request_timeout_ms),
+            (
+                "server.ready_check_timeout_ms",
+                self.server.ready_check_timeout_ms,
+            ),
+            (
+                "databases.max_connections",
+                u64::from(self.databases.max_connections),
+            ),
+            (
+                "payments.provider_timeout_ms",
+                self.payments.provider_timeout_ms,
+            ),
+            (
+                "payments.provider_concurrency_max",
+                size(self.payments.provider_concurrency_max),
+            ),
+            ("payments.charge_budget_ms", self.payments.charge_budget_ms),
+            (
+                "provider.remembered_keys_max",
+                size(self.provider.remembered_keys_max),
+            ),
+            ("consumer.concurrency", size(self.consumer.concurrency)),
+            ("consumer.in_flight_max", size(self.consumer.in_flight_max)),
+            ("consumer.batch_len_max", size(self.consumer.batch_len_max)),
+            (
+                "consumer.attempts_max",
+                u64::from(self.consumer.attempts_max),
+            ),
+            ("relay.batch_len_max", size(self.relay.batch_len_max)),
+            (
+                "maintenance.metrics_interval_ms",
+                self.maintenance.metrics_interval_ms,
+            ),
+            (
+                "maintenance.log_purge_interval_secs",
+                self.maintenance.log_purge_interval_secs,
+            ),
+            (
+                "maintenance.log_purge_batch_len_max",
+                self.maintenance.log_purge_batch_len_max,
+            ),
+            (
+                "broker.kafka_partitions",
+                u64::try_from(self.broker.kafka_partitions).unwrap_or(0),
+            ),
+        ]
+    }
+
+    /// Whether this process runs `service`.
+    pub fn runs(&self, service: ServiceName) -> bool {
+        self.services.contains(&service)
+    }
+
+    /// The url of `database`, defaulting to a SQLite file in `data_dir`.
+    pub fn database_url(&self, database: Database) -> String {
+        let configured = match database {
+            Database::Of(ServiceName::Catalog) => &self.databases.catalog,
+            Database::Of(ServiceName::Orders) => &self.databases.orders,
+            Database::Of(ServiceName::Inventory) => &self.databases.inventory,
+            Database::Of(ServiceName::Payments) => &self.databases.payments,
+            Database::Of(ServiceName::Notifications) => &self.databases.notifications,
+            Database::Log => &self.databases.log,
+        };
+        if configured.is_empty() {
+            let file = format!("{}.db", database.name());
+            format!("sqlite://{}", self.data_dir.join(file).display())
+        } else {
+            configured.clone()
+        }
+    }
+
+    /// Every database this process opens: its services' and, on the embedded broker, the
+    /// log's.
+    pub fn databases_used(&self) -> Vec<Database> {
+        let mut used: Vec<Database> = self.services.iter().map(|s| Database::Of(*s)).collect();
+        if self.broker.kind == BrokerKind::Embedded {
+            used.push(Database::Log);
+        }
+        used
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests;

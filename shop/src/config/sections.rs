@@ -1,0 +1,396 @@
+//! The sections of [`super::Config`], each with its defaults beside its fields.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The HTTP server of the platform.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Largest accepted request body. Default 64 KiB.
+    pub body_limit_bytes: usize,
+    /// Requests handled at once; as many more wait, the rest get 503. Default 4,096.
+    pub concurrency_limit: usize,
+    /// Time budget of one request. Default 5 s.
+    pub request_timeout_ms: u64,
+    /// On shutdown, how long in-flight requests and messages may take. Default 10 s.
+    pub shutdown_timeout_ms: u64,
+    /// How long `/health/ready` waits for each database and the broker. Default 1 s.
+    pub ready_check_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit_bytes: 64 * 1024,
+            concurrency_limit: 4096,
+            request_timeout_ms: 5_000,
+            shutdown_timeout_ms: 10_000,
+            ready_check_timeout_ms: 1_000,
+        }
+    }
+}
+
+/// How SQLite flushes a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    /// fsync per commit: a commit survives a power loss (the default).
+    Full,
+    /// fsync at checkpoints: survives a crash, not a power loss.
+    Normal,
+}
+
+impl From<SqliteSync> for eddy_sql::SqliteSynchronous {
+    fn from(sync: SqliteSync) -> Self {
+        match sync {
+            SqliteSync::Full => eddy_sql::SqliteSynchronous::Full,
+            SqliteSync::Normal => eddy_sql::SqliteSynchronous::Normal,
+        }
+    }
+}
+
+/// One database per service. Empty means `sqlite://<data_dir>/<service>.db`; read them
+/// through [`super::Config::database_url`], which takes a [`crate::service::ServiceName`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabasesConfig {
+    pub catalog: String,
+    pub orders: String,
+    pub inventory: String,
+    pub payments: String,
+    pub notifications: String,
+    /// The embedded log's database.
+    pub log: String,
+    /// Pooled connections per database. Default 8; size it to the database.
+    pub max_connections: u32,
+    /// `full` (fsync per commit; default) or `normal` (survives crashes, not power loss).
+    pub sqlite_synchronous: SqliteSync,
+}
+
+impl Default for DatabasesConfig {
+    fn default() -> Self {
+        Self {
+            catalog: String::new(),
+            orders: String::new(),
+            inventory: String::new(),
+            payments: String::new(),
+            notifications: String::new(),
+            log: String::new(),
+            max_connections: 8,
+            sqlite_synchronous: SqliteSync::Full,
+        }
+    }
+}
+
+/// The simulated payment provider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Start the simulator inside the platform process (on its own listener). Default true.
+    pub embedded: bool,
+    /// Where the embedded simulator listens. Default `127.0.0.1:8081`.
+    pub listen: SocketAddr,
+    /// Simulated processing time per charge. Default 20 ms.
+    pub latency_ms: u64,
+    /// Share of charges declined, 0–1. Default 0.05.
+    pub decline_rate: f64,
+    /// Share of requests answered 503, 0–1. Default 0.
+    pub error_rate: f64,
+    /// Answers remembered for idempotency keys; the oldest are forgotten beyond this.
+    /// Default 1,000,000.
+    pub remembered_keys_max: usize,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            embedded: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            latency_ms: 20,
+            decline_rate: 0.05,
+            error_rate: 0.0,
+            remembered_keys_max: 1_000_000,
+        }
+    }
+}
+
+/// How payments calls the provider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentsConfig {
+    /// The provider's base url. Empty means the embedded simulator.
+    pub provider_url: String,
+    /// Timeout of one provider call. Default 2 s.
+    pub provider_timeout_ms: u64,
+    /// Provider calls at once (the bulkhead; also the idle connections kept). Default 64.
+    pub provider_concurrency_max: usize,
+    /// Calls that may wait for a place in the bulkhead; beyond, a call fails at once.
+    /// Default 256.
+    pub provider_queue_max: usize,
+    /// Time budget of one charge (all its attempts) when the event carries no deadline.
+    /// Default 5 s.
+    pub charge_budget_ms: u64,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self {
+            provider_url: String::new(),
+            provider_timeout_ms: 2_000,
+            provider_concurrency_max: 64,
+            provider_queue_max: 256,
+            charge_budget_ms: 5_000,
+        }
+    }
+}
+
+/// The notification sender (simulated).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Share of simulated sends that fail, 0–1. Default 0.
+    pub failure_rate: f64,
+}
+
+/// Inventory's waiting rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InventoryConfig {
+    /// How long an order for a product inventory has not heard of waits for the
+    /// product's catalog event (orders and inventory learn of products through their
+    /// own consumers, so one may be ahead) before it is rejected as `unknown_product`.
+    /// Default 120 s.
+    pub unknown_product_wait_ms: u64,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        Self {
+            unknown_product_wait_ms: 120_000,
+        }
+    }
+}
+
+/// Every consumer of every service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Handler calls at once per consumer. Default 32.
+    pub concurrency: usize,
+    /// Messages fetched but unfinished per consumer. Default 1,024.
+    pub in_flight_max: usize,
+    /// Attempts per message before it is dead-lettered. Default 5.
+    pub attempts_max: u32,
+    /// Backoff ceiling of the first retry. Default 100 ms.
+    pub backoff_initial_ms: u64,
+    /// Largest backoff ceiling. Default 5 s.
+    pub backoff_max_ms: u64,
+    /// Most events of one handler committed in one transaction (group commit: the events
+    /// a consumer is handling at one moment share a transaction and its flush). 1 turns
+    /// it off: one transaction per event. Default 256; a batch never exceeds
+    /// `concurrency` in practice, and never waits to fill up.
+    pub batch_len_max: usize,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 32,
+            in_flight_max: 1024,
+            attempts_max: 5,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 5_000,
+            batch_len_max: 256,
+        }
+    }
+}
+
+/// Every service's outbox relay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelaySettings {
+    /// Outbox rows per relay batch. Default 500.
+    pub batch_len_max: usize,
+    /// Keep published outbox rows this long. Default 3,600 s.
+    pub retention_secs: u64,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch_len_max: 500,
+            retention_secs: 3_600,
+        }
+    }
+}
+
+/// Background upkeep: metrics of consumers, relays and outboxes, and the embedded log's
+/// retention.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// How often lag, backlog and counters are exported as metrics. Default 2 s.
+    pub metrics_interval_ms: u64,
+    /// How often the embedded log deletes records past their retention. Default 60 s.
+    pub log_purge_interval_secs: u64,
+    /// Records deleted per purge statement (a bound on one transaction). Default 10,000.
+    pub log_purge_batch_len_max: u64,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            metrics_interval_ms: 2_000,
+            log_purge_interval_secs: 60,
+            log_purge_batch_len_max: 10_000,
+        }
+    }
+}
+
+/// `shop gateway`: routes the public API to the processes that serve it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Where `/v1/products` goes. Default `http://127.0.0.1:8091`.
+    pub catalog_url: String,
+    /// Where `/v1/orders` and `/v1/customers` go. Default `http://127.0.0.1:8092`.
+    pub orders_url: String,
+    /// Where `/v1/payments` goes. Default `http://127.0.0.1:8094`.
+    pub payments_url: String,
+    /// Time budget of one proxied request. Default 5 s.
+    pub timeout_ms: u64,
+    /// Idle connections kept per upstream. Default 256.
+    pub idle_connections_max: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            catalog_url: "http://127.0.0.1:8091".to_owned(),
+            orders_url: "http://127.0.0.1:8092".to_owned(),
+            payments_url: "http://127.0.0.1:8094".to_owned(),
+            timeout_ms: 5_000,
+            idle_connections_max: 256,
+        }
+    }
+}
+
+/// Which broker carries the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// The SQL log in `databases.log` (the default).
+    Embedded,
+    /// NATS JetStream.
+    Nats,
+    /// Kafka (or a Kafka-compatible broker).
+    Kafka,
+}
+
+impl BrokerKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BrokerKind::Embedded => "embedded",
+            BrokerKind::Nats => "nats",
+            BrokerKind::Kafka => "kafka",
+        }
+    }
+}
+
+/// Where events travel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `embedded` (the SQL log in `databases.log`; default), `nats` (JetStream) or
+    /// `kafka`.
+    pub kind: BrokerKind,
+    /// Default `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// JetStream stream names are `<prefix>_<topic>`. Default `EDDY`.
+    pub nats_stream_prefix: String,
+    /// Subjects are `<prefix>.<topic>`. Default `eddy`.
+    pub nats_subject_prefix: String,
+    /// How long JetStream waits for an ack before giving a message to another member
+    /// (e.g. after a crash). Default 60 s: longer than the slowest retry sequence.
+    pub nats_ack_wait_ms: u64,
+    /// Default `127.0.0.1:9092`.
+    pub kafka_bootstrap_servers: String,
+    /// Partitions of the topics the platform creates on Kafka. Default 8.
+    pub kafka_partitions: i32,
+    /// librdkafka producer settings over Eddy's defaults (see `eddy_kafka`), e.g.
+    /// `"linger.ms" = "10"`. In environment variables write the dots as underscores:
+    /// `EDDY_BROKER__KAFKA_PRODUCER__LINGER_MS=10`. Default none.
+    #[serde(deserialize_with = "scalar_map")]
+    pub kafka_producer: BTreeMap<String, String>,
+    /// librdkafka consumer settings over Eddy's defaults, written like `kafka_producer`.
+    /// Default none.
+    #[serde(deserialize_with = "scalar_map")]
+    pub kafka_consumer: BTreeMap<String, String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            kind: BrokerKind::Embedded,
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats_stream_prefix: "EDDY".to_owned(),
+            nats_subject_prefix: "eddy".to_owned(),
+            nats_ack_wait_ms: 60_000,
+            kafka_bootstrap_servers: "127.0.0.1:9092".to_owned(),
+            kafka_partitions: 8,
+            kafka_producer: BTreeMap::new(),
+            kafka_consumer: BTreeMap::new(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// `settings` with underscores read as dots (librdkafka names contain no underscores;
+    /// environment variable names cannot contain dots).
+    pub fn librdkafka(settings: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        settings
+            .iter()
+            .map(|(k, v)| (k.replace('_', "."), v.clone()))
+            .collect()
+    }
+}
+
+/// A map of client settings whose values may arrive as strings, numbers or booleans
+/// (environment variables are typed by their look: `500` is a number).
+fn scalar_map<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+        Flag(bool),
+    }
+    let map = BTreeMap::<String, Scalar>::deserialize(deserializer)?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Scalar::Text(s) => s,
+                Scalar::Unsigned(n) => n.to_string(),
+                Scalar::Signed(n) => n.to_string(),
+                Scalar::Float(n) => n.to_string(),
+                Scalar::Flag(b) => b.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
+}

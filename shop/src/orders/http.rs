@@ -1,0 +1,272 @@
+//! `/v1/orders` and `/v1/customers/{id}/orders`: place orders (idempotent per
+//! `Idempotency-Key`) and read them.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use eddy_sql::Tx;
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::domain::{self, Cursor, IdempotencyKey, OrderRequest};
+use super::{events, store};
+use crate::contracts::values::{OrderId, Timestamp};
+use crate::contracts::ORDERS_TOPIC;
+use crate::problem::{ApiError, ApiJson, Problem};
+use crate::service::ServiceDb;
+
+/// Orders per page when the client gives no `limit`.
+pub const PAGE_LEN_DEFAULT: i64 = 20;
+/// Most orders per page.
+pub const PAGE_LEN_MAX: i64 = 100;
+
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrder {
+    pub customer_id: String,
+    /// 1 to 50 lines.
+    pub lines: Vec<NewLine>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewLine {
+    pub product_id: String,
+    /// 1 to 1,000.
+    pub quantity: i64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderView {
+    pub id: String,
+    pub customer_id: String,
+    /// `PENDING`, `CONFIRMED` or `CANCELLED`.
+    pub status: String,
+    pub lines: Vec<LineView>,
+    pub total_cents: i64,
+    pub currency: String,
+    /// `out_of_stock`, `unknown_product`, `payment_declined` or `payment_failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LineView {
+    pub product_id: String,
+    pub quantity: i64,
+    pub unit_price_cents: i64,
+}
+
+impl From<domain::Order> for OrderView {
+    fn from(order: domain::Order) -> Self {
+        Self {
+            id: order.id.as_str().to_owned(),
+            customer_id: order.customer_id,
+            status: order.status.as_str().to_owned(),
+            lines: order
+                .lines
+                .into_iter()
+                .map(|l| LineView {
+                    product_id: l.product_id,
+                    quantity: l.quantity,
+                    unit_price_cents: l.unit_price_cents,
+                })
+                .collect(),
+            total_cents: order.total_cents,
+            currency: order.currency.as_str().to_owned(),
+            cancel_reason: order.cancel_reason.map(|r| r.as_str().to_owned()),
+            created_at: order.created_at,
+            updated_at: order.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Orders per page, 1 to 100 (default 20).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Page {
+    pub items: Vec<OrderView>,
+    /// Absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The routes with their documentation (see [`crate::openapi`]).
+pub fn router() -> OpenApiRouter<ServiceDb> {
+    OpenApiRouter::new()
+        .routes(routes!(place))
+        .routes(routes!(read))
+        .routes(routes!(list_for_customer))
+}
+
+fn accepted(order: domain::Order, replayed: bool) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(OrderView::from(order))).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| {
+        ApiError::BadRequest(
+            "invalid-idempotency-key",
+            "Idempotency-Key must be visible ASCII".to_owned(),
+        )
+    })?;
+    IdempotencyKey::parse(text)
+        .map(Some)
+        .map_err(ApiError::bad_request)
+}
+
+/// Place an order: priced from orders' copy of the catalog, stored with its
+/// `OrderPlaced` in one transaction. The saga settles it a moment later.
+#[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = NewOrder,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeat a request with the same key to get the same order back (1 to 200 bytes)")),
+    responses(
+        (status = 202, description = "Placed (PENDING); with `idempotent-replayed: true` when the key was used before", body = OrderView),
+        (status = 400, description = "A malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An invalid order, an unknown product, or a key reused with another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A request with this key is in progress", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn place(
+    State(service): State<ServiceDb>,
+    headers: HeaderMap,
+    ApiJson(new): ApiJson<NewOrder>,
+) -> Result<Response, ApiError> {
+    let request = OrderRequest::parse(
+        &new.customer_id,
+        new.lines
+            .iter()
+            .map(|l| (l.product_id.as_str(), l.quantity)),
+    )?;
+    let key = idempotency_key(&headers)?;
+    // The request as it will be compared with a replay: canonical JSON of what was parsed.
+    let canonical = serde_json::to_string(&new).map_err(|e| ApiError::Unexpected(e.into()))?;
+    let mut tx = service.db.begin().await?;
+    if let Some(key) = &key {
+        if let Some(order) = replay(&mut tx, key, &canonical).await? {
+            tx.rollback().await?;
+            return Ok(accepted(order, true));
+        }
+    }
+    let prices = store::prices(&mut tx, &request.product_ids()).await?;
+    let order = domain::price(&request, &prices)?;
+    let id = OrderId::generate();
+    let now = service.now();
+    if let Some(key) = &key {
+        if !store::claim_key(&mut tx, key, &canonical, &id, now).await? {
+            // A concurrent request with this key committed first (PostgreSQL waited for it).
+            if let Some(order) = replay(&mut tx, key, &canonical).await? {
+                tx.rollback().await?;
+                return Ok(accepted(order, true));
+            }
+            return Err(ApiError::Unavailable(
+                "a request with this Idempotency-Key is in progress".to_owned(),
+            ));
+        }
+    }
+    store::insert(&mut tx, &id, &order, now).await?;
+    let event = events::placed(&id, &order);
+    service.emit(&mut tx, ORDERS_TOPIC, &event, None).await?;
+    let placed = store::load(tx.conn(), id.as_str())
+        .await?
+        .ok_or(ApiError::NotFound("order"))?;
+    tx.commit().await?;
+    Ok(accepted(placed, false))
+}
+
+/// The order `key` placed before: the same order again, or 422 for a different request.
+async fn replay(
+    tx: &mut Tx,
+    key: &IdempotencyKey,
+    request: &str,
+) -> Result<Option<domain::Order>, ApiError> {
+    let Some((stored, order_id)) = store::claimed_key(tx, key).await? else {
+        return Ok(None);
+    };
+    if stored != request {
+        return Err(ApiError::Unprocessable(
+            "idempotency-key-reused",
+            "this Idempotency-Key was used with a different request".to_owned(),
+        ));
+    }
+    store::load(tx.conn(), &order_id)
+        .await?
+        .map(Some)
+        .ok_or(ApiError::NotFound("order"))
+}
+
+/// Read an order.
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders",
+    params(("id" = String, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn read(
+    State(service): State<ServiceDb>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let mut conn = service.db.pool().acquire().await?;
+    store::load(&mut conn, &id)
+        .await?
+        .map(|order| Json(order.into()))
+        .ok_or(ApiError::NotFound("order"))
+}
+
+/// A customer's orders, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/customers/{id}/orders", tag = "orders",
+    params(("id" = String, Path, description = "The customer's id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of orders", body = Page),
+        (status = 400, description = "A bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_for_customer(
+    State(service): State<ServiceDb>,
+    Path(customer_id): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Page>, ApiError> {
+    let limit = query.limit.unwrap_or(PAGE_LEN_DEFAULT);
+    if limit < 1 {
+        return Err(ApiError::BadRequest(
+            "invalid-limit",
+            "limit must be at least 1".to_owned(),
+        ));
+    }
+    let limit = limit.min(PAGE_LEN_MAX);
+    let cursor = query
+        .cursor
+        .as_deref()
+        .map(Cursor::parse)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let mut conn = service.db.pool().acquire().await?;
+    let (orders, more) = store::page(&mut conn, &customer_id, cursor.as_ref(), limit).await?;
+    let next_cursor = if more {
+        orders.last().map(|o| Cursor::after(o).to_string())
+    } else {
+        None
+    };
+    Ok(Json(Page {
+        items: orders.into_iter().map(OrderView::from).collect(),
+        next_cursor,
+    }))
+}

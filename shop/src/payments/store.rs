@@ -1,0 +1,111 @@
+//! Payments' table and SQL: one charge row per order.
+
+use eddy_core::Error;
+use eddy_sql::{classify, Migration, Tx};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::domain::{ChargeStatus, Settlement};
+use crate::contracts::values::Timestamp;
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    name: "payments_0001_charges",
+    sqlite: CHARGES,
+    postgres: CHARGES,
+}];
+
+const CHARGES: &str = "CREATE TABLE IF NOT EXISTS charges (id TEXT PRIMARY KEY, order_id TEXT NOT NULL UNIQUE, amount_cents BIGINT NOT NULL, currency TEXT NOT NULL, status TEXT NOT NULL, provider_charge_id TEXT, reason TEXT, created_at_us BIGINT NOT NULL, updated_at_us BIGINT NOT NULL)";
+
+/// A charge as payments holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    pub id: String,
+    pub order_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub status: ChargeStatus,
+    pub provider_charge_id: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+fn charge(row: &AnyRow) -> Result<Charge, Error> {
+    let column = |e| classify("charge row", e);
+    let status: String = row.try_get("status").map_err(column)?;
+    Ok(Charge {
+        id: row.try_get("id").map_err(column)?,
+        order_id: row.try_get("order_id").map_err(column)?,
+        amount_cents: row.try_get("amount_cents").map_err(column)?,
+        currency: row.try_get("currency").map_err(column)?,
+        status: ChargeStatus::parse(&status)
+            .map_err(|e| Error::permanent(format!("stored charge is invalid: {e}")))?,
+        provider_charge_id: row.try_get("provider_charge_id").map_err(column)?,
+        reason: row.try_get("reason").map_err(column)?,
+        created_at: Timestamp::from_micros(row.try_get("created_at_us").map_err(column)?),
+        updated_at: Timestamp::from_micros(row.try_get("updated_at_us").map_err(column)?),
+    })
+}
+
+const COLUMNS: &str = "id, order_id, amount_cents, currency, status, provider_charge_id, reason, created_at_us, updated_at_us";
+
+/// Records a pending charge for `order_id` unless it has one, and returns the order's
+/// charge (new or earlier).
+pub async fn record(
+    tx: &mut Tx,
+    order_id: &str,
+    amount_cents: i64,
+    currency: &str,
+    now: Timestamp,
+) -> Result<Charge, Error> {
+    sqlx::query("INSERT INTO charges (id, order_id, amount_cents, currency, status, created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (order_id) DO NOTHING")
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(order_id)
+        .bind(amount_cents)
+        .bind(currency)
+        .bind(ChargeStatus::Pending.as_str())
+        .bind(now.micros())
+        .execute(tx.conn())
+        .await
+        .map_err(|e| classify("cannot record the charge", e))?;
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM charges WHERE order_id = $1"
+    ))
+    .bind(order_id)
+    .fetch_one(tx.conn())
+    .await
+    .map_err(|e| classify("cannot read the charge", e))?;
+    charge(&row)
+}
+
+/// Settles the charge of `order_id` from pending; false when it was settled before.
+pub async fn settle(
+    tx: &mut Tx,
+    order_id: &str,
+    settlement: &Settlement<'_>,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let settled = sqlx::query("UPDATE charges SET status = $1, provider_charge_id = $2, reason = $3, updated_at_us = $4 WHERE order_id = $5 AND status = $6")
+        .bind(settlement.status.as_str())
+        .bind(settlement.provider_id)
+        .bind(settlement.declined.map(|r| r.as_str()))
+        .bind(now.micros())
+        .bind(order_id)
+        .bind(ChargeStatus::Pending.as_str())
+        .execute(tx.conn())
+        .await
+        .map_err(|e| classify("cannot settle the charge", e))?;
+    Ok(settled.rows_affected() == 1)
+}
+
+/// The charges of `order_id`, oldest first.
+pub async fn of_order(pool: &sqlx::AnyPool, order_id: &str) -> Result<Vec<Charge>, Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM charges WHERE order_id = $1 ORDER BY created_at_us"
+    ))
+    .bind(order_id)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| classify("cannot list charges", e))?;
+    rows.iter().map(charge).collect()
+}

@@ -1,0 +1,108 @@
+//! `/health/live`, `/health/ready`, `/metrics` and `/openapi.json`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::broker::Broker;
+use crate::problem::problem;
+use crate::service::ServiceDb;
+
+/// What readiness checks: every database of the process and the broker.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    pub services: Vec<ServiceDb>,
+    pub broker: Broker,
+    pub timeout: Duration,
+}
+
+/// The operational routes, documented.
+pub fn router() -> OpenApiRouter<Readiness> {
+    OpenApiRouter::new()
+        .routes(routes!(live))
+        .routes(routes!(ready))
+        .routes(routes!(metrics_text))
+        .routes(routes!(openapi))
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/health/live", tag = "operations",
+    responses((status = 200, description = "Live", body = Object, example = json!({"status": "live"}))))]
+pub async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "live"}))
+}
+
+/// Every database of the process and the broker answer.
+#[utoipa::path(get, path = "/health/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
+        (status = 503, description = "Something this process needs is unreachable (named in `detail`)", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn ready(State(readiness): State<Readiness>) -> Response {
+    let mut failing = Vec::new();
+    if !readiness.broker.reachable(readiness.timeout).await {
+        failing.push("broker");
+    }
+    for service in &readiness.services {
+        let ping = tokio::time::timeout(
+            readiness.timeout,
+            sqlx::query("SELECT 1").execute(service.db.pool()),
+        )
+        .await;
+        if !matches!(ping, Ok(Ok(_))) {
+            failing.push(service.name.as_str());
+        }
+    }
+    if failing.is_empty() {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "Not ready",
+            Some(format!("unreachable: {}", failing.join(", "))),
+        )
+    }
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "The metrics", body = String, content_type = "text/plain")))]
+pub async fn metrics_text() -> Response {
+    match eddy_telemetry::prometheus() {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-metrics",
+            "Metrics are not available",
+            None,
+        ),
+    }
+}
+
+/// This document: the public API, generated from the handlers.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json")))]
+pub async fn openapi() -> Response {
+    match crate::openapi::document_json() {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot write the OpenAPI document");
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+                None,
+            )
+        }
+    }
+}

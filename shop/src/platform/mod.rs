@@ -1,0 +1,344 @@
+//! Builds the platform from a [`Config`] and runs it until told to stop.
+//!
+//! Start-up order: databases (one per service, plus the log's) and their migrations,
+//! the broker and its topics, the payment provider (if embedded), the relays, the
+//! consumers, and last the HTTP listener. Shutdown runs the other way: stop accepting
+//! and drain requests, then drain consumers (commit what finished), then let relays
+//! finish their batch, then close the pools.
+//!
+//! Layout: [`broker`] (which broker, lag), [`services`] (the loop over the services),
+//! [`http`] (the request stack), [`health`] (health, metrics, OpenAPI); this module is
+//! the lifecycle.
+
+pub mod broker;
+pub mod health;
+pub mod http;
+pub mod services;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use axum::Router;
+use eddy_outbox::{Relay, RelayConfig};
+use eddy_runtime::{Consumer, ConsumerConfig, RetryPolicy};
+use eddy_sql::{Db, DbConfig};
+use eddy_telemetry::Exporter;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+
+pub use broker::Broker;
+pub use http::platform_layers;
+
+use crate::config::{Config, Database};
+use crate::problem::problem;
+use crate::provider;
+use crate::service::{ServiceContext, ServiceDb, Subscription};
+
+/// How long a worker may take to stop beyond the drain timeout it was given.
+const WORKER_STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the embedded payment provider may take to stop.
+const PROVIDER_STOP_MAX: Duration = Duration::from_secs(5);
+
+type Worker = (String, JoinHandle<Result<(), eddy_core::Error>>);
+
+/// A running platform.
+#[derive(Debug)]
+pub struct Platform {
+    pub api_addr: SocketAddr,
+    pub provider_addr: Option<SocketAddr>,
+    /// The services this process runs, with their storage.
+    pub services: Vec<ServiceDb>,
+    pub broker: Broker,
+    http_stop: CancellationToken,
+    workers_stop: CancellationToken,
+    provider_stop: CancellationToken,
+    http: JoinHandle<()>,
+    provider: Option<JoinHandle<()>>,
+    workers: Vec<Worker>,
+    shutdown_timeout: Duration,
+}
+
+pub(crate) async fn open_db(config: &Config, database: Database) -> anyhow::Result<Db> {
+    let url = config.database_url(database);
+    Db::connect(
+        &DbConfig::new(&url)
+            .max_connections(config.databases.max_connections)
+            .sqlite_synchronous(config.databases.sqlite_synchronous.into()),
+    )
+    .await
+    .with_context(|| format!("cannot open the {} database", database.name()))
+}
+
+async fn open_services(config: &Config) -> anyhow::Result<Vec<ServiceDb>> {
+    let mut opened = Vec::new();
+    for &name in &config.services {
+        let db = open_db(config, Database::Of(name)).await?;
+        db.migrate(services::migrations(name))
+            .await
+            .with_context(|| format!("cannot migrate the {name} database"))?;
+        let service = ServiceDb::open(name, db)
+            .await
+            .with_context(|| format!("cannot open the {name} outbox"))?;
+        opened.push(service);
+    }
+    Ok(opened)
+}
+
+/// A server on `listener` until `stop`, as a task.
+fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: CancellationToken,
+    what: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "{what} stopped");
+        }
+    })
+}
+
+/// The embedded payment provider, when this process runs payments and the
+/// configuration wants it here: its address, its task, and the url payments calls.
+async fn start_provider(
+    config: &Config,
+    stop: &CancellationToken,
+) -> anyhow::Result<(Option<SocketAddr>, Option<JoinHandle<()>>, String)> {
+    if !(config.provider.embedded && config.runs(crate::service::ServiceName::Payments)) {
+        return Ok((None, None, config.payments.provider_url.clone()));
+    }
+    let listen = config.provider.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for the payment provider"))?;
+    let addr = listener.local_addr()?;
+    let router = provider::Provider::new(config.provider.clone()).router();
+    let task = serve(listener, router, stop.clone(), "payment provider");
+    Ok((Some(addr), Some(task), format!("http://{addr}")))
+}
+
+fn consumer_config(config: &Config) -> ConsumerConfig {
+    ConsumerConfig {
+        concurrency: config.consumer.concurrency,
+        in_flight_max: config.consumer.in_flight_max,
+        retry: RetryPolicy {
+            attempts_max: config.consumer.attempts_max,
+            backoff_initial: Duration::from_millis(config.consumer.backoff_initial_ms),
+            backoff_max: Duration::from_millis(config.consumer.backoff_max_ms),
+        },
+        drain_timeout: Duration::from_millis(config.server.shutdown_timeout_ms),
+        ..ConsumerConfig::default()
+    }
+}
+
+/// Everything running in the background, and the routes the services serve.
+struct Running {
+    workers: Vec<Worker>,
+    routes: OpenApiRouter,
+}
+
+/// Starts a relay per service and a consumer per subscription, and the exporter of
+/// their statistics.
+fn start_workers(
+    config: &Config,
+    services: &[ServiceDb],
+    broker: &Broker,
+    provider_url: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<Running> {
+    let mut workers: Vec<Worker> = Vec::new();
+    let mut exporter = Exporter::new();
+    let mut routes = OpenApiRouter::new();
+    let relay_config = RelayConfig {
+        batch_len_max: config.relay.batch_len_max,
+        retention: Duration::from_secs(config.relay.retention_secs),
+        ..RelayConfig::default()
+    };
+    let consumer_config = consumer_config(config);
+    for service in services {
+        let name = service.name.as_str();
+        let relay = Relay::new(
+            service.outbox.clone(),
+            broker.publisher(),
+            relay_config.clone(),
+        );
+        exporter.relay(name, relay.stats(), service.outbox.clone());
+        workers.push((
+            format!("{name} relay"),
+            tokio::spawn(relay.run(stop.clone())),
+        ));
+
+        let ctx = ServiceContext {
+            service: service.clone(),
+            config,
+            provider_url,
+        };
+        let contribution = services::contribute(&ctx)?;
+        if let Some(service_routes) = contribution.routes {
+            routes = routes.merge(service_routes);
+        }
+        for Subscription { topic, router } in contribution.subscriptions {
+            let consumer =
+                Consumer::new(topic, name, broker.subscriber(), broker.publisher(), router)
+                    .with_config(consumer_config.clone());
+            exporter.consumer(name, topic, consumer.stats());
+            workers.push((
+                format!("{name} consumer of {topic}"),
+                tokio::spawn(consumer.run(stop.clone())),
+            ));
+        }
+    }
+    let interval = Duration::from_millis(config.maintenance.metrics_interval_ms);
+    let lag: Arc<dyn eddy_telemetry::LagProbe> = Arc::new(broker.clone());
+    let exporting = stop.clone();
+    workers.push((
+        "metrics exporter".to_owned(),
+        tokio::spawn(async move {
+            exporter.run(lag, interval, exporting).await;
+            Ok(())
+        }),
+    ));
+    workers.push((
+        "log retention".to_owned(),
+        tokio::spawn(purge_log(config, broker.clone(), stop.clone())),
+    ));
+    Ok(Running { workers, routes })
+}
+
+/// Deletes the embedded log's expired records every `maintenance.log_purge_interval_secs`.
+fn purge_log(
+    config: &Config,
+    broker: Broker,
+    stop: CancellationToken,
+) -> impl std::future::Future<Output = Result<(), eddy_core::Error>> {
+    let interval = Duration::from_secs(config.maintenance.log_purge_interval_secs);
+    let batch_len_max = config.maintenance.log_purge_batch_len_max;
+    async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tick.tick() => broker.purge_expired(batch_len_max).await,
+            }
+        }
+    }
+}
+
+/// Starts the platform: returns once it listens.
+pub async fn start(config: Config) -> anyhow::Result<Platform> {
+    config.validate()?;
+    let uses_sqlite = config
+        .databases_used()
+        .into_iter()
+        .any(|d| config.database_url(d).starts_with("sqlite:"));
+    if uses_sqlite {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+    }
+    eddy_telemetry::prometheus();
+    let http_stop = CancellationToken::new();
+    let workers_stop = CancellationToken::new();
+    let provider_stop = CancellationToken::new();
+
+    let services = open_services(&config).await?;
+    let broker = Broker::open(&config).await?;
+    let (provider_addr, provider, provider_url) = start_provider(&config, &provider_stop).await?;
+    let running = start_workers(&config, &services, &broker, &provider_url, &workers_stop)?;
+
+    // HTTP last: only once everything behind it runs.
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let api_addr = listener.local_addr()?;
+    let readiness = health::Readiness {
+        services: services.clone(),
+        broker: broker.clone(),
+        timeout: Duration::from_millis(config.server.ready_check_timeout_ms),
+    };
+    let (routes, _) = running
+        .routes
+        .merge(health::router().with_state(readiness))
+        .split_for_parts();
+    let router = platform_layers(routes.fallback(not_found), &config);
+    let http = serve(listener, router, http_stop.clone(), "HTTP server");
+
+    Ok(Platform {
+        api_addr,
+        provider_addr,
+        services,
+        broker,
+        http_stop,
+        workers_stop,
+        provider_stop,
+        http,
+        provider,
+        workers: running.workers,
+        shutdown_timeout: Duration::from_millis(config.server.shutdown_timeout_ms),
+    })
+}
+
+async fn not_found() -> axum::response::Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        Some("no such route".to_owned()),
+    )
+}
+
+impl Platform {
+    /// The storage of `service`, if this process runs it.
+    pub fn service(&self, service: crate::service::ServiceName) -> Option<&ServiceDb> {
+        self.services.iter().find(|s| s.name == service)
+    }
+
+    /// Graceful shutdown: requests drain, consumers drain and commit, relays finish.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.http_stop.cancel();
+        if tokio::time::timeout(self.shutdown_timeout, self.http)
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP requests did not drain in time");
+        }
+        self.workers_stop.cancel();
+        let mut failed = Vec::new();
+        for (name, worker) in self.workers {
+            match tokio::time::timeout(self.shutdown_timeout + WORKER_STOP_GRACE, worker).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => failed.push(format!("{name}: {error}")),
+                Ok(Err(join)) => failed.push(format!("{name}: {join}")),
+                Err(_) => failed.push(format!("{name}: did not stop in time")),
+            }
+        }
+        self.provider_stop.cancel();
+        if let Some(provider) = self.provider {
+            if tokio::time::timeout(PROVIDER_STOP_MAX, provider)
+                .await
+                .is_err()
+            {
+                failed.push("payment provider: did not stop in time".to_owned());
+            }
+        }
+        for service in &self.services {
+            service.db.close().await;
+        }
+        self.broker.close().await;
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("shutdown problems: {}", failed.join("; "))
+        }
+    }
+}
