@@ -19,8 +19,10 @@
 //! - [`handler`] — [`Handler`] for typed handlers, and [`HandlerError`] whose
 //!   [`ErrorKind`] tells the runtime what to do (transient → retry, permanent → dead letter).
 //! - [`clock`] — [`Clock`] so tests control time.
+//! - [`backoff`] — [`Backoff`], the one exponential full-jitter formula of every retry.
 //! - [`error`] — [`Error`], the one error type of broker operations.
 
+pub mod backoff;
 pub mod broker;
 pub mod clock;
 pub mod envelope;
@@ -29,6 +31,7 @@ pub mod event;
 pub mod handler;
 pub mod transport;
 
+pub use backoff::Backoff;
 pub use broker::{Delivery, Message, Publisher, Subscriber, Subscription, Undecodable};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use envelope::{Envelope, EventId, Headers};

@@ -128,11 +128,12 @@ impl Relay {
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-                    let pause = self
-                        .config
-                        .retry_backoff_initial
-                        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
-                        .min(self.config.retry_backoff_max);
+                    // No jitter: one relay per outbox, nothing to spread.
+                    let pause = eddy_core::Backoff::new(
+                        self.config.retry_backoff_initial,
+                        self.config.retry_backoff_max,
+                    )
+                    .ceiling(failures);
                     tracing::warn!(%error, ?pause, "outbox batch failed; it will be published again");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,

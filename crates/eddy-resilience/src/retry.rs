@@ -148,13 +148,8 @@ impl fmt::Debug for BudgetPolicy {
 
 impl BudgetPolicy {
     fn backoff(&self) -> Duration {
-        let factor = 2u32.saturating_pow(self.attempt.saturating_sub(1));
-        let ceiling = self
-            .config
-            .backoff_initial
-            .saturating_mul(factor)
-            .min(self.config.backoff_max);
-        ceiling.mul_f64(rand::random::<f64>())
+        eddy_core::Backoff::new(self.config.backoff_initial, self.config.backoff_max)
+            .jittered(self.attempt, rand::random::<f64>())
     }
 }
 

@@ -30,10 +30,13 @@ impl RetryPolicy {
     /// uniformly from `[0, ceiling]` (full jitter), which spreads retries of many
     /// consumers instead of synchronising them.
     pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.backoff_initial
-            .saturating_mul(factor)
-            .min(self.backoff_max)
+        self.backoff().ceiling(attempt)
+    }
+
+    /// The policy's backoff ([`eddy_core::Backoff`], shared with the relay and the
+    /// retry layer).
+    pub fn backoff(&self) -> eddy_core::Backoff {
+        eddy_core::Backoff::new(self.backoff_initial, self.backoff_max)
     }
 }
 

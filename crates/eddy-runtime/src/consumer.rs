@@ -1,14 +1,14 @@
 //! [`Consumer`]: fetch, schedule per key, retry, dead-letter, commit, drain.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use eddy_core::{
-    Clock, Delivery, Error, ErrorKind, Message, Publisher, Subscriber, Subscription, SystemClock,
+    Clock, Delivery, Envelope, Error, ErrorKind, HandlerError, Message, Publisher, Subscriber,
+    Subscription, SystemClock,
 };
 use futures::FutureExt;
 use rand::rngs::StdRng;
@@ -17,6 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::dead_letter::{dead_letter, Failure};
+use crate::decision::{decide, Decision};
+use crate::keys::{self, KeyQueues};
 use crate::tracker::OffsetTracker;
 use crate::{ConsumerConfig, Router};
 
@@ -134,42 +136,22 @@ impl Consumer {
             .subscribe(&self.topic, &self.group)
             .await?
             .into();
-        let seed = self.config.jitter_seed.unwrap_or_else(rand::random);
-        let shared = Arc::new(Shared {
-            router: self.router,
-            dead_letters: self.dead_letters,
-            dead_letter_topic: self
-                .config
-                .dead_letter_topic
-                .clone()
-                .unwrap_or_else(|| format!("{}.dlq", self.topic)),
-            group: self.group.clone(),
-            config: self.config.clone(),
-            clock: self.clock,
-            stats: self.stats,
-            tracker: Mutex::new(OffsetTracker::new()),
-            keys: Mutex::new(HashMap::new()),
-            concurrency: Arc::new(Semaphore::new(self.config.concurrency)),
-            in_flight: Arc::new(Semaphore::new(self.config.in_flight_max)),
-            jitter: Mutex::new(StdRng::seed_from_u64(seed)),
-            abandon: CancellationToken::new(),
-            stopping: CancellationToken::new(),
-        });
+        let (topic, group) = (self.topic.clone(), self.group.clone());
+        let shared = Arc::new(Shared::new(self));
 
         // If this future is dropped (the task aborted), key tasks stop retrying.
         let _abandon_on_drop = shared.abandon.clone().drop_guard();
         let stop_fetching = shutdown.child_token();
         let _stop_fetching_on_drop = stop_fetching.clone().drop_guard();
-        let fetcher = tokio::spawn(fetch_loop(
+        let mut fetcher = tokio::spawn(fetch_loop(
             shared.clone(),
             subscription.clone(),
             stop_fetching.clone(),
         ));
 
-        let mut ticker = tokio::time::interval(self.config.commit_interval);
+        let mut ticker = tokio::time::interval(shared.config.commit_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Commits run outside the `select!`: a commit is never cancelled half-way.
-        let mut fetcher = fetcher;
         let fetch_result = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break None,
@@ -180,29 +162,9 @@ impl Consumer {
         };
         stop_fetching.cancel();
         shared.stopping.cancel();
-
-        // Drain: wait for in-flight messages, committing as they finish.
-        let drained = tokio::time::timeout(self.config.drain_timeout, async {
-            loop {
-                let idle = shared.in_flight.available_permits() == self.config.in_flight_max;
-                commit(&shared, subscription.as_ref()).await;
-                if idle {
-                    break;
-                }
-                tokio::time::sleep(self.config.commit_interval.min(Duration::from_millis(20)))
-                    .await;
-            }
-        })
-        .await;
-        if drained.is_err() {
-            // Whatever is still running is abandoned: not committed, delivered again.
-            shared.abandon.cancel();
-            let pending = shared
-                .tracker
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pending_len();
-            tracing::warn!(topic = %self.topic, group = %self.group, pending, "drain timed out; unfinished messages will be redelivered");
+        if !drain(&shared, subscription.as_ref()).await {
+            let pending = shared.tracker().pending_len();
+            tracing::warn!(%topic, %group, pending, "drain timed out; unfinished messages will be redelivered");
         }
         commit(&shared, subscription.as_ref()).await;
         shared.abandon.cancel();
@@ -217,8 +179,33 @@ impl Consumer {
     }
 }
 
+/// Waits up to `drain_timeout` for in-flight messages, committing as they finish;
+/// false when time ran out (what still runs is abandoned: not committed, delivered
+/// again).
+async fn drain(shared: &Shared, subscription: &dyn Subscription) -> bool {
+    let config = &shared.config;
+    let drained = tokio::time::timeout(config.drain_timeout, async {
+        loop {
+            let idle = shared.in_flight.available_permits() == config.in_flight_max;
+            commit(shared, subscription).await;
+            if idle {
+                break;
+            }
+            tokio::time::sleep(config.commit_interval.min(DRAIN_POLL_INTERVAL_MAX)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        shared.abandon.cancel();
+    }
+    drained.is_ok()
+}
+
+/// How often the drain looks whether in-flight work has finished, at most.
+const DRAIN_POLL_INTERVAL_MAX: Duration = Duration::from_millis(20);
+
 /// State shared by the fetcher, the key tasks and the commit loop.
-struct Shared {
+pub(crate) struct Shared {
     router: Router,
     dead_letters: Arc<dyn Publisher>,
     dead_letter_topic: String,
@@ -228,7 +215,7 @@ struct Shared {
     stats: Arc<ConsumerStats>,
     tracker: Mutex<OffsetTracker>,
     /// Keys with a running task, and the messages waiting behind it.
-    keys: Mutex<HashMap<String, VecDeque<Work>>>,
+    pub(crate) keys: KeyQueues<Work>,
     concurrency: Arc<Semaphore>,
     in_flight: Arc<Semaphore>,
     jitter: Mutex<StdRng>,
@@ -240,33 +227,66 @@ struct Shared {
     stopping: CancellationToken,
 }
 
+impl Shared {
+    fn new(consumer: Consumer) -> Self {
+        let config = consumer.config;
+        let seed = config.jitter_seed.unwrap_or_else(rand::random);
+        Self {
+            router: consumer.router,
+            dead_letters: consumer.dead_letters,
+            dead_letter_topic: config
+                .dead_letter_topic
+                .clone()
+                .unwrap_or_else(|| format!("{}.dlq", consumer.topic)),
+            group: consumer.group,
+            clock: consumer.clock,
+            stats: consumer.stats,
+            tracker: Mutex::new(OffsetTracker::new()),
+            keys: KeyQueues::default(),
+            concurrency: Arc::new(Semaphore::new(config.concurrency)),
+            in_flight: Arc::new(Semaphore::new(config.in_flight_max)),
+            jitter: Mutex::new(StdRng::seed_from_u64(seed)),
+            abandon: CancellationToken::new(),
+            stopping: CancellationToken::new(),
+            config,
+        }
+    }
+
+    pub(crate) fn tracker(&self) -> MutexGuard<'_, OffsetTracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A uniform draw from `range`, from the consumer's seeded source.
+    fn draw(&self, range: std::ops::RangeInclusive<f64>) -> f64 {
+        self.jitter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .gen_range(range)
+    }
+}
+
 /// One message and the in-flight permit it holds until it is finished.
-struct Work {
-    delivery: Delivery,
+pub(crate) struct Work {
+    pub(crate) delivery: Delivery,
     _permit: OwnedSemaphorePermit,
 }
 
-enum Outcome {
+/// How a message left its key's task.
+pub(crate) enum Outcome {
+    /// Handled, skipped or dead-lettered: its offset may be committed.
     Finished,
+    /// Let go uncommitted (shutdown): it comes back, its key's later messages with it.
     Abandoned,
 }
 
 async fn commit(shared: &Shared, subscription: &dyn Subscription) {
-    let offsets = shared
-        .tracker
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .committable();
+    let offsets = shared.tracker().committable();
     if offsets.is_empty() {
         return;
     }
     match subscription.commit(&offsets).await {
         Ok(()) => {
-            shared
-                .tracker
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .committed(&offsets);
+            shared.tracker().committed(&offsets);
             shared.stats.commits.fetch_add(1, Ordering::Relaxed);
         }
         // The positions stay committable; the next tick tries again.
@@ -320,11 +340,9 @@ async fn fetch_loop(
                 },
             };
             shared
-                .tracker
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .tracker()
                 .dispatched(delivery.partition, delivery.offset);
-            schedule(
+            keys::schedule(
                 &shared,
                 Work {
                     delivery,
@@ -335,166 +353,130 @@ async fn fetch_loop(
     }
 }
 
-/// Queues `work` behind its key, starting a task for the key if it has none.
-fn schedule(shared: &Arc<Shared>, work: Work) {
-    let key = match &work.delivery.message {
-        Message::Event(envelope) => envelope.key.clone(),
-        Message::Undecodable(raw) => raw.key.clone().unwrap_or_default(),
+/// What a message needs before a handler may see it: an event (not undecodable bytes),
+/// a handler for its type, a deadline not yet passed. `Err` is how it ends instead.
+async fn admit<'a>(
+    shared: &'a Shared,
+    delivery: &'a Delivery,
+) -> Result<(&'a Envelope, &'a Arc<dyn crate::router::Route>), Outcome> {
+    let now = shared.clock.now();
+    let refused = |error: String, attempts| Failure {
+        error,
+        kind: ErrorKind::Permanent.to_string(),
+        attempts,
+        first_at: now,
+        last_at: now,
     };
-    let mut keys = shared.keys.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(queue) = keys.get_mut(&key) {
-        queue.push_back(work);
-        return;
-    }
-    keys.insert(key.clone(), VecDeque::new());
-    drop(keys);
-    tokio::spawn(run_key(shared.clone(), key, work));
-}
-
-/// Processes a key's messages one after another until its queue is empty.
-async fn run_key(shared: Arc<Shared>, key: String, first: Work) {
-    let mut work = first;
-    loop {
-        let outcome = process(&shared, &work.delivery).await;
-        let mut keys = shared.keys.lock().unwrap_or_else(|p| p.into_inner());
-        match outcome {
-            Outcome::Finished => {
-                shared
-                    .tracker
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .finished(work.delivery.partition, work.delivery.offset);
-                let next = keys.get_mut(&key).and_then(VecDeque::pop_front);
-                match next {
-                    Some(next) => work = next,
-                    None => {
-                        keys.remove(&key);
-                        return;
-                    }
-                }
-            }
-            Outcome::Abandoned => {
-                // Later messages of this key must not overtake the abandoned one:
-                // abandon them too (uncommitted, they all come back in order).
-                keys.remove(&key);
-                return;
-            }
-        }
-    }
-}
-
-async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
     let envelope = match &delivery.message {
         Message::Event(envelope) => envelope,
         Message::Undecodable(raw) => {
-            let now = shared.clock.now();
-            let failure = Failure {
-                error: raw.error.clone(),
-                kind: ErrorKind::Permanent.to_string(),
-                attempts: 1,
-                first_at: now,
-                last_at: now,
-            };
-            return send_dead_letter(shared, delivery, &failure).await;
+            let failure = refused(raw.error.clone(), 1);
+            return Err(send_dead_letter(shared, delivery, &failure).await);
         }
     };
     let Some(route) = shared.router.get(&envelope.event_type) else {
         shared.stats.skipped.fetch_add(1, Ordering::Relaxed);
-        return Outcome::Finished;
+        return Err(Outcome::Finished);
     };
-    if let Some(deadline) = envelope.headers.deadline() {
-        let now = shared.clock.now();
-        if deadline <= now {
-            // Whoever waited for this work has given up: doing it now wastes capacity
-            // and may act on a decision already reversed. Park it where it can be seen.
-            let failure = Failure {
-                error: format!("deadline {deadline} passed before processing started"),
-                kind: ErrorKind::Permanent.to_string(),
-                attempts: 0,
-                first_at: now,
-                last_at: now,
-            };
-            return send_dead_letter(shared, delivery, &failure).await;
-        }
+    if let Some(deadline) = envelope.headers.deadline().filter(|d| *d <= now) {
+        // Whoever waited for this work has given up: doing it now wastes capacity
+        // and may act on a decision already reversed. Park it where it can be seen.
+        let failure = refused(
+            format!("deadline {deadline} passed before processing started"),
+            0,
+        );
+        return Err(send_dead_letter(shared, delivery, &failure).await);
     }
-    let retry = &shared.config.retry;
-    let mut first_failure = None;
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let result = {
-            let Ok(_slot) = shared.concurrency.acquire().await else {
-                return Outcome::Abandoned;
-            };
-            AssertUnwindSafe(route.call(envelope)).catch_unwind().await
-        };
-        let error = match result {
-            Ok(Ok(())) => {
-                shared.stats.handled.fetch_add(1, Ordering::Relaxed);
-                return Outcome::Finished;
-            }
-            Ok(Err(error)) => error,
+    Ok((envelope, route))
+}
+
+/// One handler call under a concurrency slot, a panic turned into a permanent error.
+/// `None`: the consumer is closing and no slot will come.
+async fn attempt_once(
+    shared: &Shared,
+    route: &Arc<dyn crate::router::Route>,
+    envelope: &Envelope,
+) -> Option<Result<(), HandlerError>> {
+    let _slot = shared.concurrency.acquire().await.ok()?;
+    Some(
+        match AssertUnwindSafe(route.call(envelope)).catch_unwind().await {
+            Ok(result) => result,
             Err(panic) => {
                 let text = panic
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "handler panicked".to_owned());
-                eddy_core::HandlerError::permanent(format!("handler panicked: {text}"))
+                Err(HandlerError::permanent(format!("handler panicked: {text}")))
             }
+        },
+    )
+}
+
+/// Handles one message to its end: handled, dead-lettered after its attempts (see
+/// [`decide`]), or abandoned at shutdown.
+pub(crate) async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
+    let (envelope, route) = match admit(shared, delivery).await {
+        Ok(admitted) => admitted,
+        Err(outcome) => return outcome,
+    };
+    let mut first_failure = None;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let error = match attempt_once(shared, route, envelope).await {
+            None => return Outcome::Abandoned,
+            Some(Ok(())) => {
+                shared.stats.handled.fetch_add(1, Ordering::Relaxed);
+                return Outcome::Finished;
+            }
+            Some(Err(error)) => error,
         };
-        if error.kind() == ErrorKind::Unavailable {
-            // The dependency is down and the handler did not try: wait for it, spending
-            // no attempt. The breaker lets one probe through when it half-opens; the
-            // other keys keep waiting here until it closes.
-            attempt -= 1;
-            shared.stats.paused.fetch_add(1, Ordering::Relaxed);
-            let pause = {
-                let mut rng = shared.jitter.lock().unwrap_or_else(|p| p.into_inner());
-                shared
+        let pause = match decide(error.kind(), attempt, &shared.config.retry) {
+            Decision::Pause => {
+                // The breaker lets one probe through when it half-opens; the other keys
+                // keep waiting here until it closes.
+                attempt -= 1;
+                shared.stats.paused.fetch_add(1, Ordering::Relaxed);
+                let pause = shared
                     .config
                     .unavailable_pause
-                    .mul_f64(rng.gen_range(0.5..=1.0))
-            };
-            tracing::debug!(event_id = %envelope.id, ?pause, %error, "dependency unavailable; pausing");
-            tokio::select! {
-                _ = shared.abandon.cancelled() => return Outcome::Abandoned,
-                _ = shared.stopping.cancelled() => return let_go_for_shutdown(envelope),
-                _ = tokio::time::sleep(pause) => continue,
+                    .mul_f64(shared.draw(0.5..=1.0));
+                tracing::debug!(event_id = %envelope.id, ?pause, %error, "dependency unavailable; pausing");
+                pause
             }
-        }
-        let now = shared.clock.now();
-        let first_at = *first_failure.get_or_insert(now);
-        if error.kind() == ErrorKind::Transient && attempt < retry.attempts_max {
-            shared.stats.retried.fetch_add(1, Ordering::Relaxed);
-            let ceiling = retry.backoff_ceiling(attempt);
-            let pause = {
-                let mut rng = shared.jitter.lock().unwrap_or_else(|p| p.into_inner());
-                ceiling.mul_f64(rng.gen_range(0.0..=1.0))
-            };
-            tracing::debug!(event_id = %envelope.id, attempt, ?pause, %error, "transient failure; retrying");
-            tokio::select! {
-                _ = shared.abandon.cancelled() => return Outcome::Abandoned,
-                _ = shared.stopping.cancelled() => return let_go_for_shutdown(envelope),
-                _ = tokio::time::sleep(pause) => continue,
+            Decision::Retry { ceiling } => {
+                first_failure.get_or_insert(shared.clock.now());
+                shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+                let pause = ceiling.mul_f64(shared.draw(0.0..=1.0));
+                tracing::debug!(event_id = %envelope.id, attempt, ?pause, %error, "transient failure; retrying");
+                pause
             }
-        }
-        tracing::warn!(event_id = %envelope.id, event_type = %envelope.event_type, attempt, %error, "message failed; dead-lettering");
-        let failure = Failure {
-            error: error.to_string(),
-            kind: error.kind().to_string(),
-            attempts: attempt,
-            first_at,
-            last_at: now,
+            Decision::DeadLetter => {
+                let now = shared.clock.now();
+                tracing::warn!(event_id = %envelope.id, event_type = %envelope.event_type, attempt, %error, "message failed; dead-lettering");
+                let failure = Failure {
+                    error: error.to_string(),
+                    kind: error.kind().to_string(),
+                    attempts: attempt,
+                    first_at: *first_failure.get_or_insert(now),
+                    last_at: now,
+                };
+                return send_dead_letter(shared, delivery, &failure).await;
+            }
         };
-        return send_dead_letter(shared, delivery, &failure).await;
+        tokio::select! {
+            _ = shared.abandon.cancelled() => return Outcome::Abandoned,
+            _ = shared.stopping.cancelled() => return let_go_for_shutdown(envelope),
+            _ = tokio::time::sleep(pause) => {}
+        }
     }
 }
 
 /// A message waiting for its next attempt when shutdown begins is not retried again: it
 /// stays uncommitted and comes back, attempts counted afresh, to whoever owns its
 /// partition next.
-fn let_go_for_shutdown(envelope: &eddy_core::Envelope) -> Outcome {
+fn let_go_for_shutdown(envelope: &Envelope) -> Outcome {
     tracing::info!(event_id = %envelope.id, "shutting down: a message waiting to be retried will be delivered again");
     Outcome::Abandoned
 }

@@ -11,8 +11,12 @@
 //! - [`config`] — [`ConsumerConfig`] and [`RetryPolicy`], every limit named and bounded.
 //! - [`tracker`] — [`tracker::OffsetTracker`]: gap-aware commit positions per partition.
 //! - [`dead_letter`] — how a failed message becomes a dead letter (headers and all).
-//! - [`consumer`] — [`Consumer`]: the fetch loop, the per-key scheduler, the commit
-//!   loop and the drain on shutdown.
+//! - [`decision`] — [`decision::decide`]: retry, pause or dead-letter after a failed
+//!   attempt, a pure function of the error kind, the attempt and the policy.
+//! - [`keys`] — [`keys::KeyQueues`]: per-key scheduling (a key's messages one after
+//!   another, keys at once).
+//! - [`consumer`] — [`Consumer`]: the fetch loop, handler attempts, the commit loop and
+//!   the drain on shutdown.
 //!
 //! How a message flows: the fetcher takes an in-flight permit per message (at most
 //! `in_flight_max`; when none is left it stops fetching — backpressure), records the
@@ -26,6 +30,8 @@
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;
+pub mod decision;
+pub mod keys;
 pub mod router;
 pub mod tracker;
 

@@ -128,6 +128,8 @@ impl Broker {
 
     /// Deletes what the embedded log keeps past its retention (other brokers do their
     /// own).
+    // Without the nats and kafka features the embedded log is the only broker.
+    #[allow(irrefutable_let_patterns)]
     pub async fn purge_expired(&self, batch_len_max: u64) {
         if let Broker::Embedded(log) = self {
             let batch = i64::try_from(batch_len_max).unwrap_or(i64::MAX);
@@ -137,6 +139,7 @@ impl Broker {
         }
     }
 
+    #[allow(irrefutable_let_patterns)]
     pub async fn close(&self) {
         if let Broker::Embedded(log) = self {
             log.db().close().await;
