@@ -19,9 +19,10 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
 
@@ -350,27 +351,77 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    type Future = CircuitBreakerFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let permit = match self.breaker.try_acquire() {
-            Ok(permit) => permit,
-            Err(open) => return Box::pin(async move { Err(BoxError::from(open)) }),
-        };
-        let call = self.inner.call(request);
-        let classify = self.classify.clone();
-        Box::pin(async move {
-            let result = call.await.map_err(Into::into);
-            let failed = match &result {
-                Ok(_) => false,
-                Err(error) => classify(error),
-            };
-            permit.record(failed);
-            result
+        match self.breaker.try_acquire() {
+            Ok(permit) => CircuitBreakerFuture::Calling {
+                call: self.inner.call(request),
+                permit: Some(permit),
+                classify: self.classify.clone(),
+            },
+            Err(open) => CircuitBreakerFuture::Refused { open: Some(open) },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a call behind a [`CircuitBreakerService`]: the call's outcome is
+    /// recorded with the breaker when it ends.
+    #[project = CircuitBreakerProj]
+    pub enum CircuitBreakerFuture<F> {
+        /// The breaker refused the call.
+        Refused { open: Option<CircuitOpen> },
+        Calling {
+            #[pin]
+            call: F,
+            permit: Option<Permit>,
+            classify: Arc<dyn Fn(&BoxError) -> bool + Send + Sync>,
+        },
+    }
+}
+
+impl<F> fmt::Debug for CircuitBreakerFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CircuitBreakerFuture::Refused { .. } => "CircuitBreakerFuture::Refused",
+            CircuitBreakerFuture::Calling { .. } => "CircuitBreakerFuture::Calling",
         })
+    }
+}
+
+impl<F, T, E> Future for CircuitBreakerFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CircuitBreakerProj::Refused { open } => Poll::Ready(Err(match open.take() {
+                Some(open) => BoxError::from(open),
+                None => BoxError::from("circuit breaker future polled after completion"),
+            })),
+            CircuitBreakerProj::Calling {
+                call,
+                permit,
+                classify,
+            } => {
+                let result = ready!(call.poll(cx)).map_err(Into::into);
+                let failed = match &result {
+                    Ok(_) => false,
+                    Err(error) => classify(error),
+                };
+                if let Some(permit) = permit.take() {
+                    permit.record(failed);
+                }
+                Poll::Ready(result)
+            }
+        }
     }
 }

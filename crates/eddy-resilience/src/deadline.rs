@@ -11,10 +11,12 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use time::OffsetDateTime;
+use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service};
 
@@ -84,12 +86,12 @@ impl Deadline {
 
     /// Runs `work` with this deadline as the current one — or the current one if that is
     /// sooner: an inner scope can shorten the budget, never extend it.
-    pub async fn scope<F: Future>(self, work: F) -> F::Output {
+    pub fn scope<F: Future>(self, work: F) -> TaskLocalFuture<Deadline, F> {
         let effective = match Deadline::current() {
             Some(outer) if outer < self => outer,
             _ => self,
         };
-        CURRENT.scope(effective, work).await
+        CURRENT.scope(effective, work)
     }
 
     /// The header value: the deadline as UTC wall-clock time, RFC 3339.
@@ -157,7 +159,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    type Future = DeadlineFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -167,19 +169,61 @@ where
         let deadline =
             Deadline::current().unwrap_or_else(|| Deadline::after(self.config.default_budget));
         if deadline.is_expired() {
-            return Box::pin(async { Err(BoxError::from(DeadlineExceeded)) });
+            return DeadlineFuture::Expired;
         }
         let allowed = deadline
             .remaining()
             .mul_f64(self.config.share.clamp(0.0, 1.0))
             .min(self.config.call_max);
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            match tokio::time::timeout(allowed, deadline.scope(call)).await {
+        DeadlineFuture::Calling {
+            call: tokio::time::timeout(allowed, deadline.scope(self.inner.call(request))),
+            deadline,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a call behind a [`DeadlineService`]: the call runs under the
+    /// deadline and is cut when its share of the time left runs out.
+    #[project = DeadlineProj]
+    pub enum DeadlineFuture<F> {
+        /// The deadline had passed: the call was not made.
+        Expired,
+        Calling {
+            #[pin]
+            call: tokio::time::Timeout<TaskLocalFuture<Deadline, F>>,
+            deadline: Deadline,
+        },
+    }
+}
+
+impl<F> fmt::Debug for DeadlineFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeadlineFuture::Expired => f.write_str("DeadlineFuture::Expired"),
+            DeadlineFuture::Calling { deadline, .. } => f
+                .debug_struct("DeadlineFuture::Calling")
+                .field("deadline", deadline)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl<F, T, E> Future for DeadlineFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            DeadlineProj::Expired => Poll::Ready(Err(BoxError::from(DeadlineExceeded))),
+            DeadlineProj::Calling { call, deadline } => Poll::Ready(match ready!(call.poll(cx)) {
                 Ok(result) => result.map_err(Into::into),
                 Err(_) if deadline.is_expired() => Err(BoxError::from(DeadlineExceeded)),
                 Err(_) => Err(BoxError::from(CallTimedOut)),
-            }
-        })
+            }),
+        }
     }
 }

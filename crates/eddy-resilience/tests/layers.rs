@@ -389,3 +389,50 @@ async fn retry_storm_from_the_seeds_is_contained() {
         "the breaker took the load off the provider"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn queued_bulkhead_calls_wait_their_turn_and_a_dropped_one_frees_its_place() {
+    let bulkhead = BulkheadLayer::new("provider", 2, 3);
+    let running = Arc::new(AtomicU32::new(0));
+    let most = Arc::new(AtomicU32::new(0));
+    let (r, m) = (running.clone(), most.clone());
+    let slow = service_fn(move |_: Call| {
+        let (r, m) = (r.clone(), m.clone());
+        async move {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            r.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        }
+    });
+    let service = ServiceBuilder::new().layer(bulkhead.clone()).service(slow);
+    let handles: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(service.clone().oneshot(Call { idempotent: true })))
+        .collect();
+    for handle in handles {
+        assert!(handle.await.unwrap().is_ok(), "all five admitted");
+    }
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "never more than two at once"
+    );
+    assert_eq!(bulkhead.admitted(), 0);
+
+    // A queued call given up by its caller leaves the queue.
+    let first = tokio::spawn(service.clone().oneshot(Call { idempotent: true }));
+    let second = tokio::spawn(service.clone().oneshot(Call { idempotent: true }));
+    tokio::task::yield_now().await;
+    let queued = tokio::spawn(service.clone().oneshot(Call { idempotent: true }));
+    tokio::task::yield_now().await;
+    assert_eq!(bulkhead.admitted(), 3);
+    queued.abort();
+    let _ = queued.await;
+    assert_eq!(
+        bulkhead.admitted(),
+        2,
+        "the dropped call gave its place back"
+    );
+    assert!(first.await.unwrap().is_ok() && second.await.unwrap().is_ok());
+}
