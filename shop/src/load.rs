@@ -7,7 +7,6 @@
 //! it is a closed loop of `--concurrency` workers. At the end it waits for the placed
 //! orders to settle and counts how they ended.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,11 +44,67 @@ pub struct LoadArgs {
     pub quiet: bool,
 }
 
-#[derive(Debug, Default)]
-struct Tally {
-    sent: AtomicU64,
-    errors: AtomicU64,
-    rejected_4xx: AtomicU64,
+/// The demo's traffic: reads of orders and products, and placements of 1–3 lines.
+#[derive(Debug, Clone)]
+struct Mix {
+    http: reqwest::Client,
+    base: String,
+    run_id: String,
+    read_ratio: f64,
+    products: Arc<Vec<String>>,
+    /// Orders placed so far (reads pick among them).
+    orders: Arc<Mutex<Vec<String>>>,
+}
+
+impl Mix {
+    async fn send(self) -> eddy_load::Answer {
+        let read = rand::thread_rng().gen_bool(self.read_ratio);
+        let request = if read { self.read() } else { self.place() };
+        match request.send().await {
+            Ok(response) if response.status().is_success() => {
+                if !read {
+                    if let Ok(body) = response.json::<Value>().await {
+                        if let Some(id) = body["id"].as_str() {
+                            self.orders
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(id.to_owned());
+                        }
+                    }
+                }
+                eddy_load::Answer::Ok
+            }
+            Ok(response) if response.status().is_client_error() => eddy_load::Answer::Rejected,
+            _ => eddy_load::Answer::Failed,
+        }
+    }
+
+    fn read(&self) -> reqwest::RequestBuilder {
+        let mut rng = rand::thread_rng();
+        if rng.gen_bool(0.5) {
+            let order = {
+                let orders = self.orders.lock().unwrap_or_else(|p| p.into_inner());
+                orders[rng.gen_range(0..orders.len())].clone()
+            };
+            self.http.get(format!("{}/v1/orders/{order}", self.base))
+        } else {
+            let product = &self.products[rng.gen_range(0..self.products.len())];
+            self.http
+                .get(format!("{}/v1/products/{product}", self.base))
+        }
+    }
+
+    fn place(&self) -> reqwest::RequestBuilder {
+        let mut rng = rand::thread_rng();
+        let lines: Vec<Value> = (0..rng.gen_range(1..=3))
+            .map(|_| json!({"product_id": self.products[rng.gen_range(0..self.products.len())], "quantity": rng.gen_range(1..=3)}))
+            .collect();
+        let customer = format!("demo-{}-{}", self.run_id, rng.gen_range(0..1000));
+        self.http
+            .post(format!("{}/v1/orders", self.base))
+            .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+            .json(&json!({"customer_id": customer, "lines": lines}))
+    }
 }
 
 #[derive(Debug)]
@@ -146,12 +201,6 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         .as_str()
         .unwrap_or_default()
         .to_owned()]));
-    let tally = Arc::new(Tally::default());
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1,
-        120_000_000,
-        3,
-    )?));
     let duration = Duration::from_secs(args.duration_secs);
     let bar = if args.quiet {
         indicatif::ProgressBar::hidden()
@@ -162,88 +211,34 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len}s {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
-    let products = Arc::new(products);
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut i: u64 = 0;
-    loop {
-        let due = if args.rate > 0.0 {
-            start + Duration::from_secs_f64(i as f64 / args.rate)
+    let plan = eddy_load::Plan {
+        pace: if args.rate > 0.0 {
+            eddy_load::Pace::Open { rate: args.rate }
         } else {
-            Instant::now()
-        };
-        if due.duration_since(start) >= duration {
-            break;
-        }
-        if args.rate > 0.0 {
-            // (Not in the closed loop: a timer wait rounds up to the next millisecond.)
-            tokio::time::sleep_until(due.into()).await;
-        }
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        i += 1;
-        if i.is_multiple_of(50) {
-            bar.set_position(start.elapsed().as_secs().min(args.duration_secs));
-            bar.set_message(format!("{} requests", tally.sent.load(Ordering::Relaxed)));
-        }
-        let (http, base, orders, tally, histogram, products) = (
-            http.clone(),
-            base.clone(),
-            orders.clone(),
-            tally.clone(),
-            histogram.clone(),
-            products.clone(),
-        );
-        let read = rand::thread_rng().gen_bool(args.read_ratio);
-        let run_id = run_id.clone();
-        tasks.spawn(async move {
-            let _permit = permit;
-            let request = if read {
-                let order = { let o = orders.lock().unwrap_or_else(|p| p.into_inner()); o[rand::thread_rng().gen_range(0..o.len())].clone() };
-                if rand::thread_rng().gen_bool(0.5) {
-                    http.get(format!("{base}/v1/orders/{order}"))
-                } else {
-                    let product = &products[rand::thread_rng().gen_range(0..products.len())];
-                    http.get(format!("{base}/v1/products/{product}"))
-                }
-            } else {
-                let mut rng = rand::thread_rng();
-                let lines: Vec<Value> = (0..rng.gen_range(1..=3))
-                    .map(|_| json!({"product_id": products[rng.gen_range(0..products.len())], "quantity": rng.gen_range(1..=3)}))
-                    .collect();
-                http.post(format!("{base}/v1/orders"))
-                    .header("idempotency-key", uuid::Uuid::now_v7().to_string())
-                    .json(&json!({"customer_id": format!("demo-{run_id}-{}", rng.gen_range(0..1000)), "lines": lines}))
-            };
-            tally.sent.fetch_add(1, Ordering::Relaxed);
-            match request.send().await {
-                Ok(response) if response.status().is_success() => {
-                    if !read {
-                        if let Ok(body) = response.json::<Value>().await {
-                            if let Some(id) = body["id"].as_str() {
-                                orders.lock().unwrap_or_else(|p| p.into_inner()).push(id.to_owned());
-                            }
-                        }
-                    }
-                }
-                Ok(response) if response.status().is_client_error() => {
-                    tally.rejected_4xx.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => {
-                    tally.errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            let latency = due.elapsed().as_micros() as u64;
-            let _ = histogram.lock().unwrap_or_else(|p| p.into_inner()).record(latency.max(1));
-        });
-        while tasks.len() > args.concurrency * 4 {
-            tasks.join_next().await;
-        }
-    }
-    while tasks.join_next().await.is_some() {}
-    let elapsed = start.elapsed();
+            eddy_load::Pace::Closed
+        },
+        in_flight_max: args.concurrency,
+        warmup: Duration::ZERO,
+        duration,
+    };
+    let mix = Mix {
+        http: http.clone(),
+        base: base.clone(),
+        run_id: run_id.clone(),
+        read_ratio: args.read_ratio,
+        products: Arc::new(products),
+        orders: orders.clone(),
+    };
+    let tally = eddy_load::drive(
+        plan,
+        move |_| mix.clone().send(),
+        |elapsed, sent| {
+            bar.set_position(elapsed.as_secs().min(args.duration_secs));
+            bar.set_message(format!("{sent} requests"));
+        },
+    )
+    .await;
+    let elapsed = tally.elapsed;
     bar.finish_and_clear();
 
     // Let the sagas finish, then count outcomes.
@@ -272,13 +267,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let latency_us = histogram.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(Report {
-        requests: tally.sent.load(Ordering::Relaxed),
+        requests: tally.requests(),
         elapsed,
-        errors: tally.errors.load(Ordering::Relaxed),
-        rejected_4xx: tally.rejected_4xx.load(Ordering::Relaxed),
-        latency_us,
+        errors: tally.failed,
+        rejected_4xx: tally.rejected,
+        latency_us: tally.latency_us,
         orders_placed: placed.len(),
         confirmed,
         cancelled,
