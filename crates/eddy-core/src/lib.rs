@@ -2,7 +2,7 @@
 //!
 //! This crate defines *what* moves through an event-driven system and the small
 //! interfaces that move it. It deliberately knows no database driver, broker client
-//! or web framework: adapters (`eddy-log`, `eddy-outbox`, later Kafka and NATS) and
+//! or web framework: adapters (`eddy-log`, `eddy-outbox`, `eddy-kafka`, `eddy-nats`) and
 //! middleware (`eddy-runtime`) depend on it, never the other way round.
 //!
 //! Layout:

@@ -137,12 +137,12 @@ fn kafka_error(context: &str, error: KafkaError) -> Error {
                 | RDKafkaErrorCode::TopicAuthorizationFailed
         )
     );
-    let message = format!("{context}: {error}");
-    if permanent {
-        Error::permanent(message)
+    let base = if permanent {
+        Error::permanent(context)
     } else {
-        Error::transient(message)
-    }
+        Error::transient(context)
+    };
+    base.with_source(error)
 }
 
 /// A Kafka cluster: the producer and the admin client. Cheap to clone.
@@ -229,7 +229,7 @@ impl Kafka {
                 .fetch_metadata(Some(&name), Duration::from_secs(10))
         })
         .await
-        .map_err(|e| Error::transient(format!("metadata task failed: {e}")))?
+        .map_err(|e| Error::transient("metadata task failed").with_source(e))?
         .map_err(|e| kafka_error("cannot read topic metadata", e))?;
         Ok(metadata
             .topics()
@@ -302,7 +302,7 @@ impl Kafka {
             Ok(lag)
         })
         .await
-        .map_err(|e| Error::transient(format!("lag task failed: {e}")))?
+        .map_err(|e| Error::transient("lag task failed").with_source(e))?
         .map_err(|e| kafka_error("cannot read the consumer lag", e))
     }
 

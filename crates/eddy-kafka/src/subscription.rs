@@ -215,7 +215,7 @@ impl KafkaSubscription {
                 let shared = shared.clone();
                 move || poll_loop(&consumer, &shared, &sender)
             })
-            .map_err(|e| Error::transient(format!("cannot start the poll thread: {e}")))?;
+            .map_err(|e| Error::transient("cannot start the poll thread").with_source(e))?;
         Ok(Self {
             shared,
             consumer,
@@ -439,7 +439,7 @@ impl Subscription for KafkaSubscription {
             consumer.commit(&list, CommitMode::Sync)
         })
         .await
-        .map_err(|e| Error::transient(format!("commit task failed: {e}")))?
+        .map_err(|e| Error::transient("commit task failed").with_source(e))?
         .map_err(|e| kafka_error("cannot commit offsets", e))?;
         let mut own = self.shared.ownership();
         for (partition, next) in positions {
@@ -457,7 +457,7 @@ impl Subscription for KafkaSubscription {
         };
         tokio::task::spawn_blocking(move || poller.join())
             .await
-            .map_err(|e| Error::transient(format!("close task failed: {e}")))?
+            .map_err(|e| Error::transient("close task failed").with_source(e))?
             .map_err(|_| Error::permanent("the Kafka poll thread panicked"))
     }
 }

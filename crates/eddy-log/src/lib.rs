@@ -11,7 +11,8 @@
 //!
 //! - [`schema`] — the tables and their migrations.
 //! - [`log`] — [`Log`]: topics, [`Log::append`] in a caller's transaction, the
-//!   [`eddy_core::Publisher`] and [`eddy_core::Subscriber`] implementations, retention.
+//!   [`eddy_core::Publisher`] and [`eddy_core::Subscriber`] implementations, retention,
+//!   and consumer lag ([`Log::lag`], counted as Kafka counts it).
 //! - [`subscription`] — one member of a consumer group: partition leases, fetching,
 //!   commits, hand-over of partitions when members join or leave.
 //!

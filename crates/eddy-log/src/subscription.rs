@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Instant;
 
 use async_trait::async_trait;
 use eddy_core::envelope::to_micros;
@@ -22,6 +21,7 @@ use eddy_core::{Delivery, Error, Message, Subscription, Undecodable};
 use eddy_sql::{classify, envelope_row};
 use sqlx::Row;
 use std::sync::{Arc, Weak};
+use tokio::time::Instant;
 
 use eddy_sql::signal::SignalReceiver;
 use tokio::sync::Mutex;
@@ -346,6 +346,8 @@ impl Member {
                     Err(error) => Message::Undecodable(Undecodable {
                         key: row.try_get::<String, _>("event_key").ok(),
                         headers: Vec::new(),
+                        // Best effort: the row is already undecodable, and its error
+                        // text travels with it to the dead letters.
                         payload: row.try_get::<Vec<u8>, _>("payload").unwrap_or_default(),
                         error: error.to_string(),
                     }),

@@ -128,8 +128,12 @@ impl fmt::Debug for Nats {
     }
 }
 
-fn transient(context: &str, error: impl std::fmt::Display) -> Error {
-    Error::transient(format!("{context}: {error}"))
+/// A transient error with its cause kept (`Error`'s text still reads "context: cause").
+fn transient(
+    context: &str,
+    error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+) -> Error {
+    Error::transient(context).with_source(error)
 }
 
 impl Nats {

@@ -23,6 +23,9 @@ use tower::{BoxError, Layer, Service};
 /// The header (and envelope header) that carries a deadline between processes.
 pub const HEADER: &str = "eddy-deadline";
 
+/// The latest moment RFC 3339 can write.
+const FAR_FUTURE: &str = "9999-12-31T23:59:59Z";
+
 tokio::task_local! {
     static CURRENT: Deadline;
 }
@@ -97,8 +100,10 @@ impl Deadline {
     /// The header value: the deadline as UTC wall-clock time, RFC 3339.
     pub fn to_header(&self) -> String {
         let wall = OffsetDateTime::now_utc() + self.remaining();
+        // Only a deadline past the year 9999 cannot be written: it is as good as none,
+        // and the latest writable moment says so to the next hop.
         wall.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()
+            .unwrap_or_else(|_| FAR_FUTURE.to_owned())
     }
 
     /// Reads a header value; `None` if malformed. A deadline in the past is returned as

@@ -58,7 +58,6 @@ pub fn dead_letter(delivery: &Delivery, group: &str, failure: &Failure) -> Envel
         }
         error.truncate(cut);
     }
-    let format = &time::format_description::well_known::Rfc3339;
     let headers = &mut envelope.headers;
     headers.insert(ERROR, error);
     headers.insert(ERROR_KIND, failure.kind.clone());
@@ -67,13 +66,14 @@ pub fn dead_letter(delivery: &Delivery, group: &str, failure: &Failure) -> Envel
     headers.insert(ORIGIN_PARTITION, delivery.partition.to_string());
     headers.insert(ORIGIN_OFFSET, delivery.offset.to_string());
     headers.insert(CONSUMER_GROUP, group);
-    headers.insert(
-        FIRST_FAILURE_AT,
-        failure.first_at.format(format).unwrap_or_default(),
-    );
-    headers.insert(
-        LAST_FAILURE_AT,
-        failure.last_at.format(format).unwrap_or_default(),
-    );
+    headers.insert(FIRST_FAILURE_AT, timestamp(failure.first_at));
+    headers.insert(LAST_FAILURE_AT, timestamp(failure.last_at));
     envelope
+}
+
+/// RFC 3339, or — for a moment RFC 3339 cannot write (a year beyond 9999, from a clock
+/// gone wrong) — Unix seconds, so the header says when rather than nothing.
+fn timestamp(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
 }
