@@ -10,9 +10,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -88,16 +88,7 @@ async fn ready(State(gateway): State<Gateway>) -> Response {
             failing.push(name);
         }
     }
-    if failing.is_empty() {
-        Json(serde_json::json!({"status": "ready"})).into_response()
-    } else {
-        problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not-ready",
-            "Not ready",
-            Some(format!("unreachable: {}", failing.join(", "))),
-        )
-    }
+    crate::platform::health::readiness_answer(&failing)
 }
 
 async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
@@ -134,8 +125,8 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
             outbound = outbound.header(name, value);
         }
     }
-    let answer = match outbound.send().await {
-        Ok(answer) => answer,
+    match outbound.send().await {
+        Ok(answer) => pass_back(answer).await,
         Err(error) => {
             tracing::warn!(%url, %error, "upstream unreachable");
             let mut response = problem(
@@ -148,9 +139,13 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("1"),
             );
-            return response;
+            response
         }
-    };
+    }
+}
+
+/// The service's answer as the client's: its status, the forwarded headers, its body.
+async fn pass_back(answer: reqwest::Response) -> Response {
     let status = answer.status();
     let mut forwarded = Vec::new();
     for name in FORWARDED_RESPONSE {

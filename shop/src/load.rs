@@ -144,6 +144,11 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// How long the demo waits for its products to reach orders, and then for its orders
+/// to settle.
+const PRODUCTS_ORDERABLE_WAIT: Duration = Duration::from_secs(30);
+const ORDERS_SETTLE_WAIT: Duration = Duration::from_secs(60);
+
 pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     if !(0.0..=1.0).contains(&args.read_ratio) {
         bail!("--read-ratio must be between 0 and 1");
@@ -161,9 +166,43 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         .await
         .and_then(|r| r.error_for_status())
         .with_context(|| format!("the platform at {base} is not ready"))?;
-
     let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let mut products = Vec::new();
+    let products = create_products(&http, &base, &run_id, &args).await?;
+    let probe = first_order(&http, &base, &run_id, &products).await?;
+    let mix = Mix {
+        http: http.clone(),
+        base: base.clone(),
+        run_id,
+        read_ratio: args.read_ratio,
+        products: Arc::new(products),
+        orders: Arc::new(Mutex::new(vec![probe])),
+    };
+    let orders = mix.orders.clone();
+    let tally = send_traffic(mix, &args).await;
+    // Let the sagas finish, then count outcomes.
+    let placed: Vec<String> = orders.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (confirmed, cancelled, pending) = outcomes(&http, &base, &placed).await;
+    Ok(Report {
+        requests: tally.requests(),
+        elapsed: tally.elapsed,
+        errors: tally.failed,
+        rejected_4xx: tally.rejected,
+        latency_us: tally.latency_us,
+        orders_placed: placed.len(),
+        confirmed,
+        cancelled,
+        pending,
+    })
+}
+
+/// The demo's products, each with `args.stock` units.
+async fn create_products(
+    http: &reqwest::Client,
+    base: &str,
+    run_id: &str,
+    args: &LoadArgs,
+) -> anyhow::Result<Vec<String>> {
+    let mut products = Vec::with_capacity(args.products);
     for i in 0..args.products {
         let body = json!({"sku": format!("demo-{run_id}-{i}"), "name": format!("Demo product {i}"), "price_cents": 500 + 100 * i as i64, "currency": "EUR", "stock": args.stock});
         let created: Value = http
@@ -174,34 +213,48 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
             .error_for_status()?
             .json()
             .await?;
-        products.push(created["id"].as_str().unwrap_or_default().to_owned());
+        let id = created["id"]
+            .as_str()
+            .with_context(|| format!("the created product has no id: {created}"))?;
+        products.push(id.to_owned());
     }
-    // Orders learn of products through events; wait until the last one is orderable.
-    let probe = json!({"customer_id": format!("demo-{run_id}-probe"), "lines": [{"product_id": products[products.len() - 1], "quantity": 1}]});
-    let ready_by = Instant::now() + Duration::from_secs(30);
-    let probe_order: Value = loop {
+    Ok(products)
+}
+
+/// Orders learn of products through events: places a first order as soon as the last
+/// product is orderable, and returns its id.
+async fn first_order(
+    http: &reqwest::Client,
+    base: &str,
+    run_id: &str,
+    products: &[String],
+) -> anyhow::Result<String> {
+    let last = products.last().context("no products")?;
+    let probe = json!({"customer_id": format!("demo-{run_id}-probe"), "lines": [{"product_id": last, "quantity": 1}]});
+    let ready_by = Instant::now() + PRODUCTS_ORDERABLE_WAIT;
+    loop {
         let response = http
             .post(format!("{base}/v1/orders"))
             .json(&probe)
             .send()
             .await?;
         if response.status().is_success() {
-            break response.json().await?;
+            let order: Value = response.json().await?;
+            let id = order["id"]
+                .as_str()
+                .with_context(|| format!("the placed order has no id: {order}"))?;
+            return Ok(id.to_owned());
         }
         if Instant::now() > ready_by {
-            bail!(
-                "products never became orderable: {}",
-                response.text().await.unwrap_or_default()
-            );
+            let answer = response.text().await.unwrap_or_else(|e| e.to_string());
+            bail!("products never became orderable: {answer}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+}
 
-    let orders: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(vec![probe_order["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()]));
-    let duration = Duration::from_secs(args.duration_secs);
+/// The traffic itself, with a progress bar unless `--quiet`.
+async fn send_traffic(mix: Mix, args: &LoadArgs) -> eddy_load::Tally {
     let bar = if args.quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -219,35 +272,29 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         },
         in_flight_max: args.concurrency,
         warmup: Duration::ZERO,
-        duration,
+        duration: Duration::from_secs(args.duration_secs),
     };
-    let mix = Mix {
-        http: http.clone(),
-        base: base.clone(),
-        run_id: run_id.clone(),
-        read_ratio: args.read_ratio,
-        products: Arc::new(products),
-        orders: orders.clone(),
-    };
+    let duration_secs = args.duration_secs;
     let tally = eddy_load::drive(
         plan,
         move |_| mix.clone().send(),
         |elapsed, sent| {
-            bar.set_position(elapsed.as_secs().min(args.duration_secs));
+            bar.set_position(elapsed.as_secs().min(duration_secs));
             bar.set_message(format!("{sent} requests"));
         },
     )
     .await;
-    let elapsed = tally.elapsed;
     bar.finish_and_clear();
+    tally
+}
 
-    // Let the sagas finish, then count outcomes.
-    let placed: Vec<String> = orders.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let settle_by = Instant::now() + Duration::from_secs(60);
-    let (mut confirmed, mut cancelled, mut pending);
+/// Confirmed, cancelled and still pending among `placed`, once all settled or after
+/// [`ORDERS_SETTLE_WAIT`].
+async fn outcomes(http: &reqwest::Client, base: &str, placed: &[String]) -> (usize, usize, usize) {
+    let settle_by = Instant::now() + ORDERS_SETTLE_WAIT;
     loop {
-        (confirmed, cancelled, pending) = (0, 0, 0);
-        for id in &placed {
+        let (mut confirmed, mut cancelled, mut pending) = (0, 0, 0);
+        for id in placed {
             let status = match http.get(format!("{base}/v1/orders/{id}")).send().await {
                 Ok(r) => r
                     .json::<Value>()
@@ -263,19 +310,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
             }
         }
         if pending == 0 || Instant::now() > settle_by {
-            break;
+            return (confirmed, cancelled, pending);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Ok(Report {
-        requests: tally.requests(),
-        elapsed,
-        errors: tally.failed,
-        rejected_4xx: tally.rejected,
-        latency_us: tally.latency_us,
-        orders_placed: placed.len(),
-        confirmed,
-        cancelled,
-        pending,
-    })
 }

@@ -34,11 +34,15 @@ async fn start(
     ready_prefix: &str,
     log: &Path,
 ) -> (Child, String) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
+    let log_file = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap()
+    };
+    let mut stdout_log = tokio::fs::File::from_std(log_file());
+    let log = log_file();
     let mut command = Command::new(env!("CARGO_BIN_EXE_shop"));
     command
         .args(args)
@@ -60,7 +64,13 @@ async fn start(
     })
     .await
     .expect("listening within a minute");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // The logs go to stdout (after the ready line): keep them with stderr in the file.
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = stdout_log.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    });
     (child, url)
 }
 

@@ -73,28 +73,42 @@ impl Handler<StockReserved> for Charge {
         }
 
         // 3. Record the outcome and announce it, together, only once.
+        self.settle(charge, &outcome, envelope).await
+    }
+}
+
+impl Charge {
+    /// Settles `charge` from pending on `outcome` and announces it in the same
+    /// transaction; a charge settled before is left alone (its event went out then).
+    async fn settle(
+        &self,
+        charge: store::Charge,
+        outcome: &ChargeOutcome,
+        cause: &Envelope,
+    ) -> Result<(), HandlerError> {
+        let service = &self.service;
         let settlement = outcome.settlement();
         let mut tx = service.db.begin().await?;
-        if store::settle(&mut tx, &event.order_id, &settlement, service.now()).await? {
+        if store::settle(&mut tx, &charge.order_id, &settlement, service.now()).await? {
             match settlement.declined {
                 None => {
                     let captured = PaymentCaptured {
-                        order_id: event.order_id,
+                        order_id: charge.order_id,
                         charge_id: charge.id,
                         amount_cents: charge.amount_cents,
                     };
                     service
-                        .emit(&mut tx, PAYMENTS_TOPIC, &captured, Some(envelope))
+                        .emit(&mut tx, PAYMENTS_TOPIC, &captured, Some(cause))
                         .await?;
                 }
                 Some(reason) => {
                     let declined = PaymentDeclined {
-                        order_id: event.order_id,
+                        order_id: charge.order_id,
                         charge_id: charge.id,
                         reason: reason.as_str().to_owned(),
                     };
                     service
-                        .emit(&mut tx, PAYMENTS_TOPIC, &declined, Some(envelope))
+                        .emit(&mut tx, PAYMENTS_TOPIC, &declined, Some(cause))
                         .await?;
                 }
             }

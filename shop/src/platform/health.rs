@@ -58,6 +58,11 @@ pub async fn ready(State(readiness): State<Readiness>) -> Response {
             failing.push(service.name.as_str());
         }
     }
+    readiness_answer(&failing)
+}
+
+/// 200 `{"status": "ready"}`, or 503 naming what is unreachable.
+pub fn readiness_answer(failing: &[&str]) -> Response {
     if failing.is_empty() {
         Json(serde_json::json!({"status": "ready"})).into_response()
     } else {

@@ -184,32 +184,68 @@ fn start_workers(
         if let Some(service_routes) = contribution.routes {
             routes = routes.merge(service_routes);
         }
-        for Subscription { topic, router } in contribution.subscriptions {
-            let consumer =
-                Consumer::new(topic, name, broker.subscriber(), broker.publisher(), router)
-                    .with_config(consumer_config.clone());
-            exporter.consumer(name, topic, consumer.stats());
-            workers.push((
-                format!("{name} consumer of {topic}"),
-                tokio::spawn(consumer.run(stop.clone())),
+        for subscription in contribution.subscriptions {
+            workers.push(start_consumer(
+                name,
+                subscription,
+                broker,
+                &consumer_config,
+                &mut exporter,
+                stop,
             ));
         }
     }
+    workers.extend(start_upkeep(config, exporter, broker, stop));
+    Ok(Running { workers, routes })
+}
+
+/// The metrics exporter and the embedded log's retention.
+fn start_upkeep(
+    config: &Config,
+    exporter: Exporter,
+    broker: &Broker,
+    stop: &CancellationToken,
+) -> [Worker; 2] {
     let interval = Duration::from_millis(config.maintenance.metrics_interval_ms);
     let lag: Arc<dyn eddy_telemetry::LagProbe> = Arc::new(broker.clone());
     let exporting = stop.clone();
-    workers.push((
-        "metrics exporter".to_owned(),
-        tokio::spawn(async move {
-            exporter.run(lag, interval, exporting).await;
-            Ok(())
-        }),
-    ));
-    workers.push((
-        "log retention".to_owned(),
-        tokio::spawn(purge_log(config, broker.clone(), stop.clone())),
-    ));
-    Ok(Running { workers, routes })
+    [
+        (
+            "metrics exporter".to_owned(),
+            tokio::spawn(async move {
+                exporter.run(lag, interval, exporting).await;
+                Ok(())
+            }),
+        ),
+        (
+            "log retention".to_owned(),
+            tokio::spawn(purge_log(config, broker.clone(), stop.clone())),
+        ),
+    ]
+}
+
+/// A consumer for `subscription` in group `group`, its statistics registered.
+fn start_consumer(
+    group: &'static str,
+    Subscription { topic, router }: Subscription,
+    broker: &Broker,
+    config: &ConsumerConfig,
+    exporter: &mut Exporter,
+    stop: &CancellationToken,
+) -> Worker {
+    let consumer = Consumer::new(
+        topic,
+        group,
+        broker.subscriber(),
+        broker.publisher(),
+        router,
+    )
+    .with_config(config.clone());
+    exporter.consumer(group, topic, consumer.stats());
+    (
+        format!("{group} consumer of {topic}"),
+        tokio::spawn(consumer.run(stop.clone())),
+    )
 }
 
 /// Deletes the embedded log's expired records every `maintenance.log_purge_interval_secs`.
