@@ -359,13 +359,16 @@ async fn admit<'a>(
     shared: &'a Shared,
     delivery: &'a Delivery,
 ) -> Result<(&'a Envelope, &'a Arc<dyn crate::router::Route>), Outcome> {
-    let now = shared.clock.now();
-    let refused = |error: String, attempts| Failure {
-        error,
-        kind: ErrorKind::Permanent.to_string(),
-        attempts,
-        first_at: now,
-        last_at: now,
+    // The clock is read only for a message refused: not on every message's path.
+    let refused = |error: String, attempts| {
+        let now = shared.clock.now();
+        Failure {
+            error,
+            kind: ErrorKind::Permanent.to_string(),
+            attempts,
+            first_at: now,
+            last_at: now,
+        }
     };
     let envelope = match &delivery.message {
         Message::Event(envelope) => envelope,
@@ -378,7 +381,11 @@ async fn admit<'a>(
         shared.stats.skipped.fetch_add(1, Ordering::Relaxed);
         return Err(Outcome::Finished);
     };
-    if let Some(deadline) = envelope.headers.deadline().filter(|d| *d <= now) {
+    let passed = envelope
+        .headers
+        .deadline()
+        .filter(|deadline| *deadline <= shared.clock.now());
+    if let Some(deadline) = passed {
         // Whoever waited for this work has given up: doing it now wastes capacity
         // and may act on a decision already reversed. Park it where it can be seen.
         let failure = refused(

@@ -12,6 +12,8 @@ use serde::{Serialize, Serializer};
 /// Longest product id accepted: ids are UUIDs (36 bytes); the margin admits other
 /// schemes while keeping an id a bounded key.
 pub const PRODUCT_ID_LEN_MAX: usize = 64;
+/// Longest order id accepted (ids are 36-byte UUIDs; the same margin as products').
+pub const ORDER_ID_LEN_MAX: usize = 64;
 /// Longest customer id accepted.
 pub const CUSTOMER_ID_LEN_MAX: usize = 100;
 /// Largest amount of money in cents (one hundred million in the main unit).
@@ -106,7 +108,7 @@ impl OrderId {
     /// Any non-empty text up to 64 bytes: ids come from events and paths, and an
     /// unknown id is simply not found.
     pub fn parse(text: &str) -> Result<Self, Invalid> {
-        if text.is_empty() || text.len() > PRODUCT_ID_LEN_MAX {
+        if text.is_empty() || text.len() > ORDER_ID_LEN_MAX {
             return Err(Invalid::new("invalid-order-id", "not an order id"));
         }
         Ok(Self(text.to_owned()))
@@ -173,10 +175,6 @@ impl Money {
             ));
         }
         Ok(Self { cents, currency })
-    }
-
-    pub fn zero(currency: Currency) -> Self {
-        Self { cents: 0, currency }
     }
 
     pub fn cents(&self) -> i64 {

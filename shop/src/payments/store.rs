@@ -47,7 +47,15 @@ fn charge(row: &AnyRow) -> Result<Charge, Error> {
     })
 }
 
-const COLUMNS: &str = "id, order_id, amount_cents, currency, status, provider_charge_id, reason, created_at_us, updated_at_us";
+/// The columns [`charge`] reads, in statements written once at compile time.
+macro_rules! select_charges {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, order_id, amount_cents, currency, status, provider_charge_id, reason, created_at_us, updated_at_us FROM charges ",
+            $rest
+        )
+    };
+}
 
 /// Records a pending charge for `order_id` unless it has one, and returns the order's
 /// charge (new or earlier).
@@ -68,13 +76,11 @@ pub async fn record(
         .execute(tx.conn())
         .await
         .map_err(|e| classify("cannot record the charge", e))?;
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM charges WHERE order_id = $1"
-    ))
-    .bind(order_id)
-    .fetch_one(tx.conn())
-    .await
-    .map_err(|e| classify("cannot read the charge", e))?;
+    let row = sqlx::query(select_charges!("WHERE order_id = $1"))
+        .bind(order_id)
+        .fetch_one(tx.conn())
+        .await
+        .map_err(|e| classify("cannot read the charge", e))?;
     charge(&row)
 }
 
@@ -100,8 +106,8 @@ pub async fn settle(
 
 /// The charges of `order_id`, oldest first.
 pub async fn of_order(pool: &sqlx::AnyPool, order_id: &str) -> Result<Vec<Charge>, Error> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM charges WHERE order_id = $1 ORDER BY created_at_us"
+    let rows = sqlx::query(select_charges!(
+        "WHERE order_id = $1 ORDER BY created_at_us"
     ))
     .bind(order_id)
     .fetch_all(pool)

@@ -112,11 +112,7 @@ impl Broker {
     /// Whether the broker answers within `timeout`.
     pub async fn reachable(&self, timeout: Duration) -> bool {
         match self {
-            Broker::Embedded(log) => matches!(
-                tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(log.db().pool()))
-                    .await,
-                Ok(Ok(_))
-            ),
+            Broker::Embedded(log) => super::health::answers(log.db(), timeout).await,
             #[cfg(feature = "nats")]
             Broker::Nats(nats) => nats.is_connected(),
             #[cfg(feature = "kafka")]

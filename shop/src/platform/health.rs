@@ -49,16 +49,17 @@ pub async fn ready(State(readiness): State<Readiness>) -> Response {
         failing.push("broker");
     }
     for service in &readiness.services {
-        let ping = tokio::time::timeout(
-            readiness.timeout,
-            sqlx::query("SELECT 1").execute(service.db.pool()),
-        )
-        .await;
-        if !matches!(ping, Ok(Ok(_))) {
+        if !answers(&service.db, readiness.timeout).await {
             failing.push(service.name.as_str());
         }
     }
     readiness_answer(&failing)
+}
+
+/// Whether `db` runs a statement within `timeout`.
+pub async fn answers(db: &eddy_sql::Db, timeout: Duration) -> bool {
+    let ping = tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(db.pool())).await;
+    matches!(ping, Ok(Ok(_)))
 }
 
 /// 200 `{"status": "ready"}`, or 503 naming what is unreachable.

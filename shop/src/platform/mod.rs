@@ -334,11 +334,6 @@ async fn not_found() -> axum::response::Response {
 }
 
 impl Platform {
-    /// The storage of `service`, if this process runs it.
-    pub fn service(&self, service: crate::service::ServiceName) -> Option<&ServiceDb> {
-        self.services.iter().find(|s| s.name == service)
-    }
-
     /// Graceful shutdown: requests drain, consumers drain and commit, relays finish.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.http_stop.cancel();
