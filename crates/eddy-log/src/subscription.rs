@@ -18,7 +18,7 @@ use std::fmt;
 use async_trait::async_trait;
 use eddy_core::envelope::to_micros;
 use eddy_core::{Delivery, Error, Message, Subscription, Undecodable};
-use eddy_sql::{classify, envelope_row};
+use eddy_sql::{classify, envelope_row, Tx};
 use sqlx::Row;
 use std::sync::{Arc, Weak};
 use tokio::time::Instant;
@@ -161,14 +161,103 @@ impl Member {
     }
 
     /// Renews membership and leases and rebalances; see the module docs.
+    ///
+    /// The new ownership is worked out on a copy and becomes the member's only when the
+    /// transaction commits: a failed heartbeat (a lost connection, a deadlock with
+    /// another member's heartbeat) leaves the table and the member agreeing, as they did
+    /// before it.
     async fn heartbeat(&self, state: &mut State) -> Result<(), Error> {
         let config = &self.log.inner.config;
         let session_us = i64::try_from(config.session_timeout.as_micros()).unwrap_or(i64::MAX);
+        let mut tx = self.log.db().begin().await?;
+        // Read after `begin`, which may wait for a connection: a lease must not be
+        // dated earlier than the transaction that writes it.
         let now = self.now_us();
         let expires = now.saturating_add(session_us);
-        let mut tx = self.log.db().begin().await?;
-        let conn_err = |what: &'static str| move |e| classify(what, e);
+        let members = self.live_members(&mut tx, now, session_us).await?;
+        let me = members
+            .iter()
+            .position(|m| m == &self.member_id)
+            .unwrap_or(0);
+        let member_count = members.len().max(1);
 
+        // Leases the table says are ours: the ones we track, and possibly stale ones a
+        // failed heartbeat or an earlier life of this instance id left behind.
+        let held: Vec<i64> = sqlx::query_scalar(
+            "SELECT partition FROM eddy_log_leases WHERE consumer_group = $1 AND topic = $2 AND member_id = $3",
+        )
+        .bind(&self.group)
+        .bind(&self.topic)
+        .bind(&self.member_id)
+        .fetch_all(tx.conn())
+        .await
+        .map_err(|e| classify("cannot read leases", e))?;
+        // Leases we believed ours but lost (we were too slow and someone took over).
+        let mut owned = state.owned.clone();
+        owned.retain(|p, _| held.contains(&i64::from(*p)));
+
+        for partition in 0..self.partitions {
+            let mine = partition as usize % member_count == me;
+            let tracked = owned.get_mut(&partition);
+            match (mine, tracked) {
+                (true, Some(tracked)) => {
+                    // Assigned here again before a release drained: serve it again.
+                    tracked.releasing_since = None;
+                }
+                (true, None) => {
+                    if let Some(start) = self.take_lease(&mut tx, partition, now, expires).await? {
+                        tracing::debug!(topic = %self.topic, group = %self.group, partition, start, "partition assigned");
+                        owned.insert(
+                            partition,
+                            Owned {
+                                fetch_next: start,
+                                committed: start,
+                                releasing_since: None,
+                            },
+                        );
+                    }
+                }
+                (false, Some(tracked)) => {
+                    let since = *tracked.releasing_since.get_or_insert_with(Instant::now);
+                    let drained = tracked.committed >= tracked.fetch_next;
+                    if drained || since.elapsed() >= config.session_timeout {
+                        self.release_lease(&mut tx, partition).await?;
+                        owned.remove(&partition);
+                        tracing::debug!(topic = %self.topic, group = %self.group, partition, drained, "partition released");
+                    }
+                }
+                (false, None) if held.contains(&i64::from(partition)) => {
+                    // Ours in the table only: nothing of it is in flight here.
+                    self.release_lease(&mut tx, partition).await?;
+                    tracing::debug!(topic = %self.topic, group = %self.group, partition, "stale lease released");
+                }
+                (false, None) => {}
+            }
+        }
+        sqlx::query(
+            "UPDATE eddy_log_leases SET expires_at_us = $1 WHERE consumer_group = $2 AND topic = $3 AND member_id = $4",
+        )
+        .bind(expires)
+        .bind(&self.group)
+        .bind(&self.topic)
+        .bind(&self.member_id)
+        .execute(tx.conn())
+        .await
+        .map_err(|e| classify("cannot renew leases", e))?;
+        tx.commit().await?;
+        state.owned = owned;
+        state.last_heartbeat = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Records this member's heartbeat, forgets members silent for a session, and lists
+    /// the live ones in id order (the order the assignment is computed in).
+    async fn live_members(
+        &self,
+        tx: &mut Tx,
+        now: i64,
+        session_us: i64,
+    ) -> Result<Vec<String>, Error> {
         sqlx::query(
             "INSERT INTO eddy_log_members (consumer_group, topic, member_id, heartbeat_at_us) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (consumer_group, topic, member_id) DO UPDATE SET heartbeat_at_us = excluded.heartbeat_at_us",
@@ -179,7 +268,7 @@ impl Member {
         .bind(now)
         .execute(tx.conn())
         .await
-        .map_err(conn_err("cannot record heartbeat"))?;
+        .map_err(|e| classify("cannot record heartbeat", e))?;
         sqlx::query(
             "DELETE FROM eddy_log_members WHERE consumer_group = $1 AND topic = $2 AND heartbeat_at_us < $3",
         )
@@ -188,106 +277,68 @@ impl Member {
         .bind(now.saturating_sub(session_us))
         .execute(tx.conn())
         .await
-        .map_err(conn_err("cannot expire members"))?;
-        let members: Vec<String> = sqlx::query_scalar(
+        .map_err(|e| classify("cannot expire members", e))?;
+        sqlx::query_scalar(
             "SELECT member_id FROM eddy_log_members WHERE consumer_group = $1 AND topic = $2 ORDER BY member_id",
         )
         .bind(&self.group)
         .bind(&self.topic)
         .fetch_all(tx.conn())
         .await
-        .map_err(conn_err("cannot list members"))?;
-        let me = members
-            .iter()
-            .position(|m| m == &self.member_id)
-            .unwrap_or(0);
-        let member_count = members.len().max(1);
+        .map_err(|e| classify("cannot list members", e))
+    }
 
-        sqlx::query(
-            "UPDATE eddy_log_leases SET expires_at_us = $1 WHERE consumer_group = $2 AND topic = $3 AND member_id = $4",
+    /// Takes `partition`'s lease if it is free, expired or already ours; then the
+    /// offset to start from (the group's committed one). `None`: someone else holds it.
+    async fn take_lease(
+        &self,
+        tx: &mut Tx,
+        partition: u32,
+        now: i64,
+        expires: i64,
+    ) -> Result<Option<u64>, Error> {
+        let taken = sqlx::query(
+            "INSERT INTO eddy_log_leases (consumer_group, topic, partition, member_id, expires_at_us) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET member_id = excluded.member_id, expires_at_us = excluded.expires_at_us \
+             WHERE eddy_log_leases.expires_at_us < $6 OR eddy_log_leases.member_id = excluded.member_id",
         )
-        .bind(expires)
         .bind(&self.group)
         .bind(&self.topic)
+        .bind(i64::from(partition))
+        .bind(&self.member_id)
+        .bind(expires)
+        .bind(now)
+        .execute(tx.conn())
+        .await
+        .map_err(|e| classify("cannot take a lease", e))?
+        .rows_affected()
+            == 1;
+        if !taken {
+            return Ok(None);
+        }
+        let committed: Option<i64> = sqlx::query_scalar(
+            "SELECT next_offset FROM eddy_log_offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+        )
+        .bind(&self.group)
+        .bind(&self.topic)
+        .bind(i64::from(partition))
+        .fetch_optional(tx.conn())
+        .await
+        .map_err(|e| classify("cannot read the committed offset", e))?;
+        Ok(Some(committed.unwrap_or(0).max(0) as u64))
+    }
+
+    async fn release_lease(&self, tx: &mut Tx, partition: u32) -> Result<(), Error> {
+        sqlx::query(
+            "DELETE FROM eddy_log_leases WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND member_id = $4",
+        )
+        .bind(&self.group)
+        .bind(&self.topic)
+        .bind(i64::from(partition))
         .bind(&self.member_id)
         .execute(tx.conn())
         .await
-        .map_err(conn_err("cannot renew leases"))?;
-        // Leases we believed ours but lost (we were too slow and someone took over).
-        let held: Vec<i64> = sqlx::query_scalar(
-            "SELECT partition FROM eddy_log_leases WHERE consumer_group = $1 AND topic = $2 AND member_id = $3",
-        )
-        .bind(&self.group)
-        .bind(&self.topic)
-        .bind(&self.member_id)
-        .fetch_all(tx.conn())
-        .await
-        .map_err(conn_err("cannot read leases"))?;
-        state.owned.retain(|p, _| held.contains(&i64::from(*p)));
-
-        for partition in 0..self.partitions {
-            let mine = partition as usize % member_count == me;
-            if mine && !state.owned.contains_key(&partition) {
-                let taken = sqlx::query(
-                    "INSERT INTO eddy_log_leases (consumer_group, topic, partition, member_id, expires_at_us) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET member_id = excluded.member_id, expires_at_us = excluded.expires_at_us \
-                     WHERE eddy_log_leases.expires_at_us < $6 OR eddy_log_leases.member_id = excluded.member_id",
-                )
-                .bind(&self.group)
-                .bind(&self.topic)
-                .bind(i64::from(partition))
-                .bind(&self.member_id)
-                .bind(expires)
-                .bind(now)
-                .execute(tx.conn())
-                .await
-                .map_err(conn_err("cannot take a lease"))?
-                .rows_affected()
-                    == 1;
-                if taken {
-                    let committed: Option<i64> = sqlx::query_scalar(
-                        "SELECT next_offset FROM eddy_log_offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
-                    )
-                    .bind(&self.group)
-                    .bind(&self.topic)
-                    .bind(i64::from(partition))
-                    .fetch_optional(tx.conn())
-                    .await
-                    .map_err(conn_err("cannot read the committed offset"))?;
-                    let start = committed.unwrap_or(0).max(0) as u64;
-                    tracing::debug!(topic = %self.topic, group = %self.group, partition, start, "partition assigned");
-                    state.owned.insert(
-                        partition,
-                        Owned {
-                            fetch_next: start,
-                            committed: start,
-                            releasing_since: None,
-                        },
-                    );
-                }
-            } else if !mine {
-                if let Some(owned) = state.owned.get_mut(&partition) {
-                    let since = *owned.releasing_since.get_or_insert_with(Instant::now);
-                    let drained = owned.committed >= owned.fetch_next;
-                    if drained || since.elapsed() >= config.session_timeout {
-                        sqlx::query(
-                            "DELETE FROM eddy_log_leases WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND member_id = $4",
-                        )
-                        .bind(&self.group)
-                        .bind(&self.topic)
-                        .bind(i64::from(partition))
-                        .bind(&self.member_id)
-                        .execute(tx.conn())
-                        .await
-                        .map_err(conn_err("cannot release a lease"))?;
-                        state.owned.remove(&partition);
-                        tracing::debug!(topic = %self.topic, group = %self.group, partition, drained, "partition released");
-                    }
-                }
-            }
-        }
-        tx.commit().await?;
-        state.last_heartbeat = Some(Instant::now());
+        .map_err(|e| classify("cannot release a lease", e))?;
         Ok(())
     }
 
@@ -382,8 +433,13 @@ impl Subscription for LogSubscription {
                 if state.closed {
                     return Err(Error::permanent("subscription is closed"));
                 }
-                if state.last_heartbeat.is_none() {
-                    // Join the group at once rather than at the first tick.
+                let renewed_within_session = state
+                    .last_heartbeat
+                    .is_some_and(|at| at.elapsed() < config.session_timeout);
+                if !renewed_within_session {
+                    // Join the group at once rather than at the first tick; and a member
+                    // whose heartbeats have failed for a session may have lost its
+                    // partitions to others: it renews before it fetches again, or fails.
                     member.heartbeat(&mut state).await?;
                 }
                 let deliveries = member.read_available(&mut state, max_len).await?;
