@@ -48,6 +48,16 @@ impl Error {
         }
     }
 
+    /// A dependency is down (a database that went read-only, a lost connection): see
+    /// [`ErrorKind::Unavailable`].
+    pub fn unavailable(context: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Unavailable,
+            context: context.into(),
+            source: None,
+        }
+    }
+
     /// A failure that will not go away by retrying.
     pub fn permanent(context: impl Into<String>) -> Self {
         Self {

@@ -66,7 +66,9 @@ impl RelayStats {
     }
 }
 
-/// Moves outbox rows to a publisher.
+/// Moves outbox rows to a publisher. A clone shares the statistics, so a supervisor
+/// can start it again after a failure.
+#[derive(Clone)]
 pub struct Relay {
     outbox: Outbox,
     publisher: Arc<dyn Publisher>,

@@ -37,6 +37,8 @@ pub struct ConsumerStats {
     pub commits: AtomicU64,
     /// Pauses because a dependency was unavailable (its breaker open).
     pub paused: AtomicU64,
+    /// Fetches that failed (the consumer backs off and fetches again).
+    pub fetch_failures: AtomicU64,
 }
 
 impl ConsumerStats {
@@ -55,9 +57,14 @@ impl ConsumerStats {
     pub fn paused(&self) -> u64 {
         self.paused.load(Ordering::Relaxed)
     }
+    pub fn fetch_failures(&self) -> u64 {
+        self.fetch_failures.load(Ordering::Relaxed)
+    }
 }
 
-/// Consumes one topic as a member of one consumer group.
+/// Consumes one topic as a member of one consumer group. A clone shares the
+/// statistics, so a supervisor can start it again after a failure.
+#[derive(Clone)]
 pub struct Consumer {
     topic: String,
     group: String,
@@ -319,16 +326,24 @@ async fn fetch_loop(
                 failures = 0;
                 batch
             }
-            Err(error) if error.is_transient() => {
+            // Whatever the kind, a fetch error never ends the consumer: the broker or
+            // the database it reads from comes back, and a consumer that stopped for
+            // good would leave its partitions unserved until someone noticed. It backs
+            // off (bounded), counts the failure and says so.
+            Err(error) => {
                 failures = failures.saturating_add(1);
+                shared.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
                 let pause = shared.config.retry.backoff_ceiling(failures);
-                tracing::warn!(%error, ?pause, "fetch failed; retrying");
+                if error.is_transient() {
+                    tracing::warn!(%error, ?pause, failures, "fetch failed; retrying");
+                } else {
+                    tracing::error!(%error, ?pause, failures, "fetch failed with a permanent error; retrying");
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(pause) => continue,
                 }
             }
-            Err(error) => return Err(error),
         };
         let mut permit = Some(first);
         for delivery in batch {

@@ -17,6 +17,8 @@
 //!   another, keys at once).
 //! - [`consumer`] — [`Consumer`]: the fetch loop, handler attempts, the commit loop and
 //!   the drain on shutdown.
+//! - [`supervisor`] — [`supervise`]: a worker that ends early is started again, and
+//!   [`Workers`] says which are down.
 //!
 //! How a message flows: the fetcher takes an in-flight permit per message (at most
 //! `in_flight_max`; when none is left it stops fetching — backpressure), records the
@@ -33,8 +35,10 @@ pub mod dead_letter;
 pub mod decision;
 pub mod keys;
 pub mod router;
+pub mod supervisor;
 pub mod tracker;
 
 pub use config::{ConsumerConfig, RetryPolicy};
 pub use consumer::{Consumer, ConsumerStats};
 pub use router::Router;
+pub use supervisor::{supervise, RestartPolicy, WorkerState, Workers};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use eddy_core::async_trait;
 use eddy_outbox::{Outbox, RelayStats};
-use eddy_runtime::ConsumerStats;
+use eddy_runtime::{ConsumerStats, Workers};
 use tokio_util::sync::CancellationToken;
 
 /// Where consumer lag comes from: each broker adapter can tell (`Log::lag`,
@@ -32,11 +32,13 @@ struct RelayEntry {
 /// Exports the statistics of registered consumers and relays: counters
 /// (`events_processed_total`, `events_dead_lettered_total`, `events_published_total`)
 /// and gauges (`consumer_lag_messages`, `outbox_pending_messages`,
-/// `outbox_oldest_pending_age_seconds`).
+/// `outbox_oldest_pending_age_seconds`); for supervised workers `worker_up` (1 or 0)
+/// and `worker_restarts_total`; per consumer `consumer_fetch_failures_total`.
 #[derive(Default)]
 pub struct Exporter {
     consumers: Vec<ConsumerEntry>,
     relays: Vec<RelayEntry>,
+    workers: Option<Workers>,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -66,6 +68,11 @@ impl Exporter {
         });
     }
 
+    /// Exports the state of supervised workers.
+    pub fn workers(&mut self, workers: Workers) {
+        self.workers = Some(workers);
+    }
+
     pub fn relay(&mut self, service: &'static str, stats: Arc<RelayStats>, outbox: Outbox) {
         self.relays.push(RelayEntry {
             service,
@@ -81,9 +88,22 @@ impl Exporter {
                 .absolute(c.stats.dead_lettered());
             metrics::counter!("events_processed_total", "consumer" => c.group, "topic" => c.topic)
                 .absolute(c.stats.handled());
+            metrics::counter!("consumer_fetch_failures_total", "consumer" => c.group, "topic" => c.topic)
+                .absolute(c.stats.fetch_failures());
             if let Some(lag) = lag.lag(c.group, c.topic).await {
                 metrics::gauge!("consumer_lag_messages", "group" => c.group, "topic" => c.topic)
                     .set(lag as f64);
+            }
+        }
+        if let Some(workers) = &self.workers {
+            for (name, state) in workers.snapshot() {
+                metrics::gauge!("worker_up", "worker" => name.clone()).set(if state.up {
+                    1.0
+                } else {
+                    0.0
+                });
+                metrics::counter!("worker_restarts_total", "worker" => name)
+                    .absolute(state.restarts);
             }
         }
         let now_us = eddy_core::envelope::to_micros(eddy_core::OffsetDateTime::now_utc());

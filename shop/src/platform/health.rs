@@ -18,6 +18,9 @@ use crate::service::ServiceDb;
 pub struct Readiness {
     pub services: Vec<ServiceDb>,
     pub broker: Broker,
+    /// The relays and consumers: one that is down (between a failure and its
+    /// restart) makes the process not ready.
+    pub workers: eddy_runtime::Workers,
     pub timeout: Duration,
 }
 
@@ -41,7 +44,7 @@ pub async fn live() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/health/ready", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
-        (status = 503, description = "Something this process needs is unreachable (named in `detail`)", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Something this process needs is unreachable, or one of its workers is down (named in `detail`)", body = crate::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn ready(State(readiness): State<Readiness>) -> Response {
     let mut failing = Vec::new();
@@ -53,6 +56,13 @@ pub async fn ready(State(readiness): State<Readiness>) -> Response {
             failing.push(service.name.as_str());
         }
     }
+    let down: Vec<String> = readiness
+        .workers
+        .down()
+        .into_iter()
+        .map(|worker| format!("{worker} (down, restarting)"))
+        .collect();
+    failing.extend(down.iter().map(String::as_str));
     readiness_answer(&failing)
 }
 

@@ -23,7 +23,7 @@ use anyhow::Context;
 use axum::http::StatusCode;
 use axum::Router;
 use eddy_outbox::{Relay, RelayConfig};
-use eddy_runtime::{Consumer, ConsumerConfig, RetryPolicy};
+use eddy_runtime::{supervise, Consumer, ConsumerConfig, RestartPolicy, RetryPolicy, Workers};
 use eddy_sql::{Db, DbConfig};
 use eddy_telemetry::Exporter;
 use tokio::task::JoinHandle;
@@ -151,10 +151,12 @@ fn start_workers(
     services: &[ServiceDb],
     broker: &Broker,
     provider_url: &str,
+    health: &Workers,
     stop: &CancellationToken,
 ) -> anyhow::Result<Running> {
     let mut workers: Vec<Worker> = Vec::new();
     let mut exporter = Exporter::new();
+    exporter.workers(health.clone());
     let mut routes = OpenApiRouter::new();
     let relay_config = RelayConfig {
         batch_len_max: config.relay.batch_len_max,
@@ -170,9 +172,12 @@ fn start_workers(
             relay_config.clone(),
         );
         exporter.relay(name, relay.stats(), service.outbox.clone());
-        workers.push((
+        let stopping = stop.clone();
+        workers.push(supervised(
             format!("{name} relay"),
-            tokio::spawn(relay.run(stop.clone())),
+            health,
+            stop,
+            move || relay.clone().run(stopping.clone()),
         ));
 
         let ctx = ServiceContext {
@@ -191,6 +196,7 @@ fn start_workers(
                 broker,
                 &consumer_config,
                 &mut exporter,
+                health,
                 stop,
             ));
         }
@@ -231,6 +237,7 @@ fn start_consumer(
     broker: &Broker,
     config: &ConsumerConfig,
     exporter: &mut Exporter,
+    health: &Workers,
     stop: &CancellationToken,
 ) -> Worker {
     let consumer = Consumer::new(
@@ -242,10 +249,30 @@ fn start_consumer(
     )
     .with_config(config.clone());
     exporter.consumer(group, topic, consumer.stats());
-    (
+    let stopping = stop.clone();
+    supervised(
         format!("{group} consumer of {topic}"),
-        tokio::spawn(consumer.run(stop.clone())),
+        health,
+        stop,
+        move || consumer.clone().run(stopping.clone()),
     )
+}
+
+/// `start` run under [`supervise`]: started again after a backoff whenever it ends
+/// before `stop`, and shown in `health` (readiness, metrics) while it is down.
+fn supervised<F, Fut>(name: String, health: &Workers, stop: &CancellationToken, start: F) -> Worker
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), eddy_core::Error>> + Send + 'static,
+{
+    let task = tokio::spawn(supervise(
+        name.clone(),
+        health.clone(),
+        RestartPolicy::default(),
+        stop.clone(),
+        start,
+    ));
+    (name, task)
 }
 
 /// Deletes the embedded log's expired records every `maintenance.log_purge_interval_secs`.
@@ -290,7 +317,15 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
     let services = open_services(&config).await?;
     let broker = Broker::open(&config).await?;
     let (provider_addr, provider, provider_url) = start_provider(&config, &provider_stop).await?;
-    let running = start_workers(&config, &services, &broker, &provider_url, &workers_stop)?;
+    let health = Workers::new();
+    let running = start_workers(
+        &config,
+        &services,
+        &broker,
+        &provider_url,
+        &health,
+        &workers_stop,
+    )?;
 
     // HTTP last: only once everything behind it runs.
     let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -300,6 +335,7 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
     let readiness = health::Readiness {
         services: services.clone(),
         broker: broker.clone(),
+        workers: health,
         timeout: Duration::from_millis(config.server.ready_check_timeout_ms),
     };
     let (routes, _) = running

@@ -1,0 +1,249 @@
+//! Operating failures are not poison: a consumer outlives fetch errors of every kind,
+//! and database errors that are about the environment (a statement timeout, a database
+//! gone read-only) are retried or waited out instead of dead-lettering the event.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_core::{
+    async_trait, Delivery, Envelope, Error, HandlerError, Publisher, Subscriber, Subscription,
+};
+use eddy_log::{Log, LogConfig};
+use eddy_runtime::{Consumer, ConsumerConfig, RetryPolicy, Router};
+use eddy_sql::{Transactional, Tx, TxHandler};
+use eddy_testkit::events::Numbered;
+use eddy_testkit::TestDb;
+use tokio_util::sync::CancellationToken;
+
+fn log_config() -> LogConfig {
+    LogConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        session_timeout: Duration::from_millis(1000),
+        fallback_poll_interval: Duration::from_millis(100),
+        ..LogConfig::default()
+    }
+}
+
+/// One attempt only: any failure that spends an attempt dead-letters the event.
+fn one_attempt() -> ConsumerConfig {
+    ConsumerConfig {
+        retry: RetryPolicy {
+            attempts_max: 1,
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+        },
+        unavailable_pause: Duration::from_millis(20),
+        jitter_seed: Some(3),
+        ..ConsumerConfig::default()
+    }
+}
+
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The log, but the first `failing` fetches of each subscription fail permanently.
+struct FailingFetches {
+    log: Log,
+    failing: u32,
+}
+
+struct FailingSubscription {
+    inner: Box<dyn Subscription>,
+    left: AtomicU32,
+}
+
+#[async_trait]
+impl Subscriber for FailingFetches {
+    async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, Error> {
+        Ok(Box::new(FailingSubscription {
+            inner: self.log.subscribe(topic, group).await?,
+            left: AtomicU32::new(self.failing),
+        }))
+    }
+}
+
+#[async_trait]
+impl Subscription for FailingSubscription {
+    async fn fetch(&self, max_len: usize) -> Result<Vec<Delivery>, Error> {
+        let left = self.left.load(Ordering::SeqCst);
+        if left > 0 {
+            self.left.store(left - 1, Ordering::SeqCst);
+            return Err(Error::permanent("disk I/O error, reported as permanent"));
+        }
+        self.inner.fetch(max_len).await
+    }
+    async fn commit(&self, offsets: &[(u32, u64)]) -> Result<(), Error> {
+        self.inner.commit(offsets).await
+    }
+    async fn close(&self) -> Result<(), Error> {
+        self.inner.close().await
+    }
+}
+
+struct Accept;
+
+#[async_trait]
+impl eddy_core::Handler<Numbered> for Accept {
+    async fn handle(&self, _: Numbered, _: &Envelope) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+/// Succeeds from the call after the `failing`-th; before, runs `failure` in the
+/// handler's transaction (SQL that fails with the error under test).
+#[derive(Clone)]
+struct FailsWithSql {
+    calls: Arc<AtomicU32>,
+    failing: u32,
+    failure: &'static [&'static str],
+}
+
+#[async_trait]
+impl TxHandler<Numbered> for FailsWithSql {
+    async fn handle(&self, _: Numbered, _: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        if call < self.failing {
+            for statement in self.failure {
+                sqlx::query(statement)
+                    .execute(tx.conn())
+                    .await
+                    .map_err(|e| eddy_sql::classify("the handler's statement", e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn handled_without_dead_letters(
+    db: &TestDb,
+    config: ConsumerConfig,
+    failing: u32,
+    failure: &'static [&'static str],
+) -> Arc<eddy_runtime::ConsumerStats> {
+    let log = Log::open(db.db().clone(), log_config()).await.unwrap();
+    db.db()
+        .migrate(eddy_sql::idempotency::MIGRATIONS)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE effects (id BIGINT)")
+        .execute(db.db().pool())
+        .await
+        .unwrap();
+    log.publish("orders", &[Numbered::envelope("k", 1)])
+        .await
+        .unwrap();
+    let handler = FailsWithSql {
+        calls: Arc::new(AtomicU32::new(0)),
+        failing,
+        failure,
+    };
+    let consumer = Consumer::new(
+        "orders",
+        "workers",
+        Arc::new(log.clone()),
+        Arc::new(log.clone()),
+        Router::new().route::<Numbered, _>(Transactional::new(db.db().clone(), "effects", handler)),
+    )
+    .with_config(config);
+    let stats = consumer.stats();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(stop.clone()));
+    eventually("the event handled", || {
+        stats.handled() == 1 || stats.dead_lettered() > 0
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(
+        stats.dead_lettered(),
+        0,
+        "an operating condition dead-lettered the event"
+    );
+    assert_eq!(stats.handled(), 1);
+    stats
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_fetch_error_does_not_end_the_consumer() {
+    let db = TestDb::sqlite().await;
+    let log = Log::open(db.db().clone(), log_config()).await.unwrap();
+    log.publish("orders", &Numbered::interleaved(2, 2))
+        .await
+        .unwrap();
+    let consumer = Consumer::new(
+        "orders",
+        "workers",
+        Arc::new(FailingFetches {
+            log: log.clone(),
+            failing: 3,
+        }),
+        Arc::new(log.clone()),
+        Router::new().route::<Numbered, _>(Accept),
+    )
+    .with_config(one_attempt());
+    let stats = consumer.stats();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(stop.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stats.handled() < 4 {
+        assert!(
+            !running.is_finished(),
+            "the consumer ended after a fetch error"
+        );
+        assert!(tokio::time::Instant::now() < deadline, "events not handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stats.fetch_failures(), 3);
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_timeout_in_a_handler_is_retried_not_dead_lettered() {
+    let db = TestDb::postgres().await;
+    // 57014: the statement timeout cancelled the query; the next attempt succeeds.
+    let two_attempts = ConsumerConfig {
+        retry: RetryPolicy {
+            attempts_max: 2,
+            ..one_attempt().retry
+        },
+        ..one_attempt()
+    };
+    let stats = handled_without_dead_letters(
+        &db,
+        two_attempts,
+        1,
+        &["SET LOCAL statement_timeout = '10ms'", "SELECT pg_sleep(1)"],
+    )
+    .await;
+    assert_eq!(stats.paused(), 0);
+    assert_eq!(stats.retried(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_gone_read_only_pauses_the_handler_without_spending_attempts() {
+    let db = TestDb::postgres().await;
+    // 25006, what a failover to a replica answers: the event waits, attempts unspent.
+    let stats = handled_without_dead_letters(
+        &db,
+        one_attempt(),
+        3,
+        &[
+            "SET LOCAL transaction_read_only = on",
+            "INSERT INTO effects VALUES (1)",
+        ],
+    )
+    .await;
+    assert_eq!(stats.paused(), 3, "each read-only answer was a pause");
+}
