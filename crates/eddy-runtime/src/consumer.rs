@@ -309,7 +309,9 @@ async fn fetch_loop(
     let mut failures = 0u32;
     loop {
         // Backpressure: no free in-flight slot, no fetch.
+        // `biased`: once stopping, never take another batch, even if one is ready.
         let first = tokio::select! {
+            biased;
             _ = stop.cancelled() => return Ok(()),
             permit = shared.in_flight.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
@@ -318,6 +320,7 @@ async fn fetch_loop(
         };
         let room = (shared.in_flight.available_permits() + 1).min(shared.config.fetch_len_max);
         let batch = tokio::select! {
+            biased;
             _ = stop.cancelled() => return Ok(()),
             batch = subscription.fetch(room) => batch,
         };
@@ -354,6 +357,10 @@ async fn fetch_loop(
                     Err(_) => return Ok(()),
                 },
             };
+            if stop.is_cancelled() {
+                // The rest of the batch stays uncommitted and comes back in order.
+                return Ok(());
+            }
             shared
                 .tracker()
                 .dispatched(delivery.partition, delivery.offset);
