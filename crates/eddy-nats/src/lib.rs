@@ -238,14 +238,30 @@ impl Publisher for Nats {
             self.ensure_topic(topic).await?;
         }
         let subject = self.subject(topic);
-        // Send all, then await the acks: pipelined, and still in order per subject.
-        let mut acks = Vec::with_capacity(events.len());
+        // A message over the server's limit is refused whenever it is sent: say so
+        // before sending any of the batch, as a permanent error naming the event.
+        let max_payload = self.client.server_info().max_payload;
+        let mut messages = Vec::with_capacity(events.len());
         for envelope in events {
             let mut headers = async_nats::HeaderMap::new();
+            let mut header_len = 0;
             for (name, value) in transport::to_headers(envelope) {
+                header_len += name.len() + value.len() + 4;
                 headers.insert(name.as_str(), value.as_str());
             }
             headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
+            let len = envelope.payload.len() + header_len;
+            if max_payload > 0 && len > max_payload {
+                return Err(Error::permanent(format!(
+                    "event {} is about {len} bytes with its headers, over the NATS server's max_payload of {max_payload}",
+                    envelope.id
+                )));
+            }
+            messages.push((envelope, headers));
+        }
+        // Send all, then await the acks: pipelined, and still in order per subject.
+        let mut acks = Vec::with_capacity(events.len());
+        for (envelope, headers) in messages {
             let ack = self
                 .js
                 .publish_with_headers(subject.clone(), headers, envelope.payload.clone().into())

@@ -189,3 +189,30 @@ async fn close_ends_a_waiting_fetch() {
         .unwrap();
     assert!(fetched.is_err(), "a closed member fetches nothing");
 }
+
+/// An event larger than the server's `max_payload` can never be published: a
+/// permanent error naming it (the relay parks such a row instead of retrying forever),
+/// and nothing of the batch is sent.
+#[tokio::test]
+async fn an_event_over_max_payload_is_refused_permanently() {
+    use eddy_testkit::conformance::Fixture as _;
+    let fixture = fixture().await;
+    let topic = fixture.topic(1).await;
+    let small = eddy_testkit::events::Numbered::envelope("k", 1);
+    let mut huge = eddy_testkit::events::Numbered::envelope("k", 2);
+    huge.payload = vec![b'x'; 8 * 1024 * 1024];
+    let error = fixture
+        .nats
+        .publish(&topic, &[small, huge.clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), eddy_core::ErrorKind::Permanent, "{error}");
+    assert!(error.to_string().contains(&huge.id.to_string()), "{error}");
+    let member = fixture.nats.subscribe(&topic, "anyone").await.unwrap();
+    assert_eq!(
+        fixture.nats.lag("anyone", &topic).await.unwrap(),
+        0,
+        "the small event before it was not sent either"
+    );
+    member.close().await.unwrap();
+}

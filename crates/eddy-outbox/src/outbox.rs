@@ -20,11 +20,30 @@ macro_rules! outbox_table {
     };
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "eddy_outbox_0001_table",
-    sqlite: outbox_table!("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
-    postgres: outbox_table!("BIGSERIAL PRIMARY KEY", "BYTEA"),
-}];
+/// Rows the relay can never publish (undecodable, or refused permanently by the
+/// broker), moved aside as stored so the rows behind them flow.
+macro_rules! parked_table {
+    ($blob:literal) => {
+        concat!(
+            "CREATE TABLE IF NOT EXISTS eddy_outbox_parked (id BIGINT PRIMARY KEY, topic TEXT NOT NULL, ",
+            "event_id TEXT NOT NULL, event_type TEXT NOT NULL, schema_version BIGINT NOT NULL, occurred_at_us BIGINT NOT NULL, correlation_id TEXT NOT NULL, causation_id TEXT, event_key TEXT NOT NULL, headers TEXT NOT NULL, payload ", $blob, " NOT NULL, ",
+            "created_at_us BIGINT NOT NULL, parked_at_us BIGINT NOT NULL, error TEXT NOT NULL)"
+        )
+    };
+}
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "eddy_outbox_0001_table",
+        sqlite: outbox_table!("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
+        postgres: outbox_table!("BIGSERIAL PRIMARY KEY", "BYTEA"),
+    },
+    Migration {
+        name: "eddy_outbox_0002_parked",
+        sqlite: parked_table!("BLOB"),
+        postgres: parked_table!("BYTEA"),
+    },
+];
 
 /// Rows per `INSERT` statement, well below SQLite's parameter limit.
 const INSERT_CHUNK_LEN: usize = 500;
@@ -45,6 +64,8 @@ pub struct OutboxState {
     pub oldest_pending_at_us: Option<i64>,
     /// Published rows kept until their retention ends.
     pub published_len: u64,
+    /// Rows parked because they can never be published (`eddy_outbox_parked`).
+    pub parked_len: u64,
 }
 
 impl Outbox {
@@ -107,10 +128,15 @@ impl Outbox {
         .fetch_one(self.db.pool())
         .await
         .map_err(|e| classify("cannot read the outbox", e))?;
+        let parked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM eddy_outbox_parked")
+            .fetch_one(self.db.pool())
+            .await
+            .map_err(|e| classify("cannot read the parked outbox rows", e))?;
         Ok(OutboxState {
             pending_len: pending.max(0) as u64,
             oldest_pending_at_us: oldest,
             published_len: published.max(0) as u64,
+            parked_len: parked.max(0) as u64,
         })
     }
 }

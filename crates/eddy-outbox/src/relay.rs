@@ -55,6 +55,9 @@ pub struct RelayStats {
     pub batches: AtomicU64,
     pub failed_batches: AtomicU64,
     pub cleaned: AtomicU64,
+    /// Rows moved to `eddy_outbox_parked`: undecodable, or refused permanently by the
+    /// broker.
+    pub parked: AtomicU64,
 }
 
 impl RelayStats {
@@ -63,6 +66,9 @@ impl RelayStats {
     }
     pub fn failed_batches(&self) -> u64 {
         self.failed_batches.load(Ordering::Relaxed)
+    }
+    pub fn parked(&self) -> u64 {
+        self.parked.load(Ordering::Relaxed)
     }
 }
 
@@ -85,6 +91,9 @@ impl std::fmt::Debug for Relay {
     }
 }
 
+/// Characters of a parked row's error kept.
+const PARKED_ERROR_LEN_MAX: usize = 2_000;
+
 /// Identifies the relay's advisory lock on PostgreSQL.
 const PG_RELAY_LOCK: i64 = 0x0edd_0b0c;
 
@@ -92,6 +101,27 @@ struct OutboxRow {
     id: i64,
     topic: String,
     envelope: Envelope,
+}
+
+/// What one read of the outbox found.
+#[derive(Default)]
+struct Batch {
+    rows: Vec<OutboxRow>,
+    /// Rows that cannot be read back as an envelope, with why.
+    undecodable: Vec<(i64, String)>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.rows.len() + self.undecodable.len()
+    }
+}
+
+/// The outcome of publishing a batch: rows the broker took, and rows it refused
+/// permanently (with why), which are parked.
+struct Published {
+    ids: Vec<i64>,
+    refused: Vec<(i64, String)>,
 }
 
 impl Relay {
@@ -161,8 +191,10 @@ impl Relay {
         Ok(())
     }
 
-    /// Publishes the oldest unpublished rows (at most `batch_len_max`) and marks them.
-    /// Returns how many were published.
+    /// Publishes the oldest unpublished rows (at most `batch_len_max`) and marks them;
+    /// rows that can never be published (undecodable, or refused permanently by the
+    /// broker) are moved to `eddy_outbox_parked` so the rows behind them flow. Returns
+    /// how many rows left the queue (published or parked).
     pub async fn relay_batch(&self) -> Result<usize, Error> {
         let db = self.outbox.db();
         match db.backend() {
@@ -179,45 +211,60 @@ impl Relay {
                     tx.rollback().await?;
                     return Ok(0);
                 }
-                let rows = self.read_batch(&mut tx).await?;
-                self.publish(&rows).await?;
-                self.mark(&mut tx, &rows).await?;
+                let batch = self.read_batch(&mut tx).await?;
+                let published = self.publish(&batch.rows).await?;
+                self.settle(&mut tx, &batch, &published).await?;
                 tx.commit().await?;
-                self.count(rows.len());
-                Ok(rows.len())
+                self.count(&batch, &published);
+                Ok(batch.len())
             }
             Backend::Sqlite => {
                 // SQLite has one writer: holding a transaction across the publish would
                 // stall every writer. One process owns a SQLite file, and runs one relay.
-                let rows = {
+                let batch = {
                     let mut tx = db.begin().await?;
-                    let rows = self.read_batch(&mut tx).await?;
+                    let batch = self.read_batch(&mut tx).await?;
                     tx.rollback().await?;
-                    rows
+                    batch
                 };
-                if rows.is_empty() {
+                if batch.len() == 0 {
                     return Ok(0);
                 }
-                self.publish(&rows).await?;
+                let published = self.publish(&batch.rows).await?;
                 let mut tx = db.begin().await?;
-                self.mark(&mut tx, &rows).await?;
+                self.settle(&mut tx, &batch, &published).await?;
                 tx.commit().await?;
-                self.count(rows.len());
-                Ok(rows.len())
+                self.count(&batch, &published);
+                Ok(batch.len())
             }
         }
     }
 
-    fn count(&self, published: usize) {
-        if published > 0 {
+    /// Marks the published rows and parks the ones that can never be published.
+    async fn settle(&self, tx: &mut Tx, batch: &Batch, published: &Published) -> Result<(), Error> {
+        self.mark(tx, &published.ids).await?;
+        for (id, error) in batch.undecodable.iter().chain(&published.refused) {
+            self.park(tx, *id, error).await?;
+        }
+        Ok(())
+    }
+
+    fn count(&self, batch: &Batch, published: &Published) {
+        if !published.ids.is_empty() {
             self.stats
                 .published
-                .fetch_add(published as u64, Ordering::Relaxed);
+                .fetch_add(published.ids.len() as u64, Ordering::Relaxed);
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        let parked = batch.undecodable.len() + published.refused.len();
+        if parked > 0 {
+            self.stats
+                .parked
+                .fetch_add(parked as u64, Ordering::Relaxed);
         }
     }
 
-    async fn read_batch(&self, tx: &mut Tx) -> Result<Vec<OutboxRow>, Error> {
+    async fn read_batch(&self, tx: &mut Tx) -> Result<Batch, Error> {
         let rows = sqlx::query(&format!(
             "SELECT id, topic, {} FROM eddy_outbox WHERE published_at_us IS NULL ORDER BY id LIMIT $1",
             envelope_row::COLUMNS
@@ -226,21 +273,33 @@ impl Relay {
         .fetch_all(tx.conn())
         .await
         .map_err(|e| classify("cannot read the outbox", e))?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutboxRow {
-                    id: row.try_get("id").map_err(|e| classify("outbox id", e))?,
-                    topic: row
-                        .try_get("topic")
-                        .map_err(|e| classify("outbox topic", e))?,
-                    envelope: envelope_row::read_envelope(row)?,
-                })
-            })
-            .collect()
+        let mut batch = Batch::default();
+        for row in &rows {
+            let id: i64 = row.try_get("id").map_err(|e| classify("outbox id", e))?;
+            let read = row
+                .try_get::<String, _>("topic")
+                .map_err(|e| classify("outbox topic", e))
+                .and_then(|topic| Ok((topic, envelope_row::read_envelope(row)?)));
+            match read {
+                Ok((topic, envelope)) => batch.rows.push(OutboxRow {
+                    id,
+                    topic,
+                    envelope,
+                }),
+                Err(error) => batch.undecodable.push((id, error.to_string())),
+            }
+        }
+        Ok(batch)
     }
 
-    /// Publishes runs of consecutive rows with the same topic, in id order.
-    async fn publish(&self, rows: &[OutboxRow]) -> Result<(), Error> {
+    /// Publishes runs of consecutive rows with the same topic, in id order. A run the
+    /// broker refuses permanently is published again row by row, so only the rows at
+    /// fault are refused; a transient failure fails the batch (it is read again).
+    async fn publish(&self, rows: &[OutboxRow]) -> Result<Published, Error> {
+        let mut published = Published {
+            ids: Vec::with_capacity(rows.len()),
+            refused: Vec::new(),
+        };
         let mut start = 0;
         while start < rows.len() {
             let topic = &rows[start].topic;
@@ -248,20 +307,61 @@ impl Relay {
                 .iter()
                 .position(|r| &r.topic != topic)
                 .map_or(rows.len(), |n| start + n);
-            let events: Vec<Envelope> = rows[start..end]
-                .iter()
-                .map(|r| r.envelope.clone())
-                .collect();
-            self.publisher.publish(topic, &events).await?;
+            let run = &rows[start..end];
+            let events: Vec<Envelope> = run.iter().map(|r| r.envelope.clone()).collect();
+            match self.publisher.publish(topic, &events).await {
+                Ok(()) => published.ids.extend(run.iter().map(|r| r.id)),
+                Err(error) if error.is_transient() => return Err(error),
+                Err(error) if run.len() == 1 => {
+                    published.refused.push((run[0].id, error.to_string()))
+                }
+                Err(_) => {
+                    for row in run {
+                        match self
+                            .publisher
+                            .publish(topic, std::slice::from_ref(&row.envelope))
+                            .await
+                        {
+                            Ok(()) => published.ids.push(row.id),
+                            Err(error) if error.is_transient() => return Err(error),
+                            Err(error) => published.refused.push((row.id, error.to_string())),
+                        }
+                    }
+                }
+            }
             start = end;
         }
+        Ok(published)
+    }
+
+    /// Moves row `id` to `eddy_outbox_parked`, as stored (it may not decode), with why.
+    async fn park(&self, tx: &mut Tx, id: i64, error: &str) -> Result<(), Error> {
+        let now = to_micros(self.outbox.clock().now());
+        let reason: String = error.chars().take(PARKED_ERROR_LEN_MAX).collect();
+        sqlx::query(&format!(
+            "INSERT INTO eddy_outbox_parked (id, topic, {cols}, created_at_us, parked_at_us, error) \
+             SELECT id, topic, {cols}, created_at_us, $1, $2 FROM eddy_outbox WHERE id = $3",
+            cols = envelope_row::COLUMNS
+        ))
+        .bind(now)
+        .bind(&reason)
+        .bind(id)
+        .execute(tx.conn())
+        .await
+        .map_err(|e| classify("cannot park an outbox row", e))?;
+        sqlx::query("DELETE FROM eddy_outbox WHERE id = $1")
+            .bind(id)
+            .execute(tx.conn())
+            .await
+            .map_err(|e| classify("cannot park an outbox row", e))?;
+        tracing::error!(outbox_id = id, error = %reason, "outbox row parked: it can never be published; see eddy_outbox_parked");
         Ok(())
     }
 
     /// Marks exactly the published ids — never a range, which could cover a row that
     /// committed late and was not in this batch.
-    async fn mark(&self, tx: &mut Tx, rows: &[OutboxRow]) -> Result<(), Error> {
-        if rows.is_empty() {
+    async fn mark(&self, tx: &mut Tx, ids: &[i64]) -> Result<(), Error> {
+        if ids.is_empty() {
             return Ok(());
         }
         let now = to_micros(self.outbox.clock().now());
@@ -272,7 +372,7 @@ impl Relay {
             "UPDATE eddy_outbox SET published_at_us = $1 WHERE id IN (".to_owned()
         };
         let first = if delete { 1 } else { 2 };
-        for i in 0..rows.len() {
+        for i in 0..ids.len() {
             if i > 0 {
                 sql.push_str(", ");
             }
@@ -284,8 +384,8 @@ impl Relay {
         if !delete {
             query = query.bind(now);
         }
-        for row in rows {
-            query = query.bind(row.id);
+        for id in ids {
+            query = query.bind(*id);
         }
         query
             .execute(tx.conn())

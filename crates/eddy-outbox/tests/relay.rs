@@ -312,6 +312,87 @@ async fn a_commit_wakes_the_idle_relay_at_once(s: Setup) {
     relaying.await.unwrap().unwrap();
 }
 
+/// Publishes through the log, but refuses permanently every event with seq 13 (as a
+/// broker refuses a message over its size limit).
+struct RefusesThirteen {
+    log: Log,
+}
+
+#[async_trait]
+impl Publisher for RefusesThirteen {
+    async fn publish(&self, topic: &str, events: &[Envelope]) -> Result<(), Error> {
+        for event in events {
+            let numbered: Numbered = eddy_core::JsonCodec::decode(event)?;
+            if numbered.seq == 13 {
+                return Err(Error::permanent("message too large"));
+            }
+        }
+        self.log.publish(topic, events).await
+    }
+}
+
+async fn parked_rows(outbox: &Outbox) -> Vec<(i64, String)> {
+    sqlx::query_as("SELECT id, error FROM eddy_outbox_parked ORDER BY id")
+        .fetch_all(outbox.db().pool())
+        .await
+        .unwrap()
+}
+
+async fn a_row_the_broker_refuses_is_parked_and_the_rows_behind_it_flow(s: Setup) {
+    let relay = Relay::new(
+        s.outbox.clone(),
+        Arc::new(RefusesThirteen { log: s.log.clone() }),
+        config(),
+    );
+    let stats = relay.stats();
+    let mut tx = s.outbox.db().begin().await.unwrap();
+    let events: Vec<Envelope> = (0..40).map(|seq| Numbered::envelope("k", seq)).collect();
+    s.outbox.append(&mut tx, "orders", &events).await.unwrap();
+    tx.commit().await.unwrap();
+    let stop = CancellationToken::new();
+    let relaying = tokio::spawn(relay.run(stop.clone()));
+    wait_drained(&s.outbox).await;
+    let seqs: Vec<u64> = consume_distinct(&s.log, 39)
+        .await
+        .into_iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (0..40).filter(|s| *s != 13).collect::<Vec<_>>());
+    let parked = parked_rows(&s.outbox).await;
+    assert_eq!(parked.len(), 1);
+    assert!(parked[0].1.contains("message too large"), "{parked:?}");
+    assert_eq!(stats.parked(), 1);
+    let state = s.outbox.state().await.unwrap();
+    assert_eq!((state.pending_len, state.parked_len), (0, 1));
+    stop.cancel();
+    relaying.await.unwrap().unwrap();
+}
+
+async fn an_undecodable_row_is_parked_and_the_rows_behind_it_flow(s: Setup) {
+    append_one(&s.outbox, &Numbered::envelope("k", 0)).await;
+    append_one(&s.outbox, &Numbered::envelope("k", 1)).await;
+    append_one(&s.outbox, &Numbered::envelope("k", 2)).await;
+    // Written by something else, or corrupted: the headers are not a JSON object.
+    sqlx::query("UPDATE eddy_outbox SET headers = 'not json' WHERE id = (SELECT MIN(id) FROM eddy_outbox) + 1")
+        .execute(s.outbox.db().pool())
+        .await
+        .unwrap();
+    let relay = Relay::new(s.outbox.clone(), Arc::new(s.log.clone()), config());
+    let stop = CancellationToken::new();
+    let relaying = tokio::spawn(relay.run(stop.clone()));
+    wait_drained(&s.outbox).await;
+    let seqs: Vec<u64> = consume_distinct(&s.log, 2)
+        .await
+        .into_iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, vec![0, 2]);
+    let parked = parked_rows(&s.outbox).await;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    stop.cancel();
+    relaying.await.unwrap().unwrap();
+}
+
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -334,6 +415,8 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    a_row_the_broker_refuses_is_parked_and_the_rows_behind_it_flow,
+    an_undecodable_row_is_parked_and_the_rows_behind_it_flow,
     eight_writers_committing_out_of_order_lose_nothing,
     the_broker_failing_mid_batch_loses_nothing,
     the_relay_crashing_mid_batch_loses_nothing,

@@ -1,9 +1,14 @@
 //! Dead letters: the original message, plus why and where it failed, in headers.
 //!
-//! A dead letter keeps the original event id, type, key and payload, so a replay after
-//! the fix is the same event (idempotent handlers recognise it if it had an effect).
+//! A dead letter keeps the original event's type, key, payload and headers; its own id
+//! is derived from the original id and the consumer group, with the original id in the
+//! `eddy-dlq-original-id` header (a redrive restores it, so idempotent handlers
+//! recognise the event if it had an effect). Its own id, because brokers deduplicate by
+//! id: on NATS the same event dead-lettered by two groups kept only one copy inside the
+//! duplicate window. Derived, not random, so the same group dead-lettering the same
+//! event twice (redelivered after a crash) is still deduplicated.
 
-use eddy_core::{Delivery, Envelope, Message, OffsetDateTime};
+use eddy_core::{Delivery, Envelope, EventId, Message, OffsetDateTime};
 
 pub const ERROR: &str = "eddy-dlq-error";
 pub const ERROR_KIND: &str = "eddy-dlq-error-kind";
@@ -14,6 +19,8 @@ pub const ORIGIN_OFFSET: &str = "eddy-dlq-origin-offset";
 pub const CONSUMER_GROUP: &str = "eddy-dlq-consumer-group";
 pub const FIRST_FAILURE_AT: &str = "eddy-dlq-first-failure-at";
 pub const LAST_FAILURE_AT: &str = "eddy-dlq-last-failure-at";
+/// The id of the event that failed (the dead letter has its own).
+pub const ORIGINAL_ID: &str = "eddy-dlq-original-id";
 /// Event type given to messages that could not be read as an envelope at all.
 pub const UNDECODABLE_TYPE: &str = "eddy.Undecodable";
 
@@ -58,7 +65,10 @@ pub fn dead_letter(delivery: &Delivery, group: &str, failure: &Failure) -> Envel
         }
         error.truncate(cut);
     }
+    let original = envelope.id;
+    envelope.id = EventId::from_uuid(uuid::Uuid::new_v5(&original.as_uuid(), group.as_bytes()));
     let headers = &mut envelope.headers;
+    headers.insert(ORIGINAL_ID, original.to_string());
     headers.insert(ERROR, error);
     headers.insert(ERROR_KIND, failure.kind.clone());
     headers.insert(ATTEMPTS, failure.attempts.to_string());

@@ -173,9 +173,12 @@ async fn poison_goes_to_dead_letters_and_the_partition_keeps_flowing(db: TestDb)
         .collect();
     let permanent = by_offset["3"];
     assert_eq!(
-        permanent.id, events[3].id,
-        "the dead letter is the original event"
+        permanent.headers.get(dead_letter::ORIGINAL_ID),
+        Some(events[3].id.to_string().as_str()),
+        "the dead letter names the original event"
     );
+    assert_ne!(permanent.id, events[3].id, "and has an id of its own");
+    assert_eq!(permanent.payload, events[3].payload);
     assert_eq!(
         permanent.headers.get(dead_letter::ORIGIN_TOPIC),
         Some("orders")
@@ -653,7 +656,10 @@ async fn a_poison_event_fails_alone_and_its_batch_mates_are_written(db: TestDb) 
     let dlq = log.subscribe("orders.dlq", "inspector").await.unwrap();
     let letters = receive(dlq.as_ref(), 1, true).await;
     match &letters[0].message {
-        Message::Event(letter) => assert_eq!(letter.id, events[117].id),
+        Message::Event(letter) => assert_eq!(
+            letter.headers.get(dead_letter::ORIGINAL_ID),
+            Some(events[117].id.to_string().as_str())
+        ),
         Message::Undecodable(u) => panic!("{}", u.error),
     }
 }

@@ -32,7 +32,7 @@ struct RelayEntry {
 /// Exports the statistics of registered consumers and relays: counters
 /// (`events_processed_total`, `events_dead_lettered_total`, `events_published_total`)
 /// and gauges (`consumer_lag_messages`, `outbox_pending_messages`,
-/// `outbox_oldest_pending_age_seconds`); for supervised workers `worker_up` (1 or 0)
+/// `outbox_oldest_pending_age_seconds`, `outbox_parked_messages`); for supervised workers `worker_up` (1 or 0)
 /// and `worker_restarts_total`; per consumer `consumer_fetch_failures_total`.
 #[derive(Default)]
 pub struct Exporter {
@@ -119,6 +119,8 @@ impl Exporter {
                         .map_or(0, |at| now_us.saturating_sub(at).max(0));
                     metrics::gauge!("outbox_oldest_pending_age_seconds", "service" => r.service)
                         .set(age_us as f64 / 1e6);
+                    metrics::gauge!("outbox_parked_messages", "service" => r.service)
+                        .set(state.parked_len as f64);
                 }
                 Err(error) => {
                     tracing::warn!(service = r.service, %error, "cannot read the outbox state")

@@ -385,6 +385,66 @@ pub async fn consumer_groups(fixture: &dyn Fixture) {
     );
 }
 
+/// One event fails in two consumer groups: each group's dead letter arrives. Brokers
+/// that deduplicate by message id (JetStream's duplicate window) used to keep one.
+pub async fn dead_letters_of_one_event_from_two_groups(fixture: &dyn Fixture) {
+    if !fixture.capabilities().persistence {
+        return skip("dead_letters_of_one_event_from_two_groups", "persistence");
+    }
+    // The dead-letter topic, made like any other (some brokers create no topic on use).
+    let dlq = fixture.topic(1).await;
+    let failed = Delivery {
+        topic: "orders".to_owned(),
+        partition: 0,
+        offset: 7,
+        message: Message::Event(Numbered::envelope("k", 1)),
+    };
+    let now = eddy_core::OffsetDateTime::now_utc();
+    let failure = eddy_runtime::dead_letter::Failure {
+        error: "rejected".to_owned(),
+        kind: "permanent".to_owned(),
+        attempts: 1,
+        first_at: now,
+        last_at: now,
+    };
+    let letters: Vec<_> = ["billing", "shipping"]
+        .iter()
+        .map(|group| eddy_runtime::dead_letter::dead_letter(&failed, group, &failure))
+        .collect();
+    let reader = fixture
+        .subscriber()
+        .subscribe(&dlq, "operators")
+        .await
+        .unwrap_or_else(|e| panic!("subscribe: {e}"));
+    for letter in &letters {
+        fixture
+            .publisher()
+            .publish(&dlq, std::slice::from_ref(letter))
+            .await
+            .unwrap_or_else(|e| panic!("publish a dead letter: {e}"));
+    }
+    let got = receive(reader.as_ref(), 2, true).await;
+    let groups: HashSet<String> = got
+        .iter()
+        .filter_map(|d| match &d.message {
+            Message::Event(e) => e
+                .headers
+                .get(eddy_runtime::dead_letter::CONSUMER_GROUP)
+                .map(str::to_owned),
+            Message::Undecodable(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        groups.len(),
+        2,
+        "both groups' dead letters kept: {groups:?}"
+    );
+    reader
+        .close()
+        .await
+        .unwrap_or_else(|e| panic!("close: {e}"));
+}
+
 /// Writes one `#[tokio::test]` per conformance case for the fixture `$make`
 /// (an expression evaluating to a `Future` of something implementing [`Fixture`]).
 #[macro_export]
@@ -422,6 +482,12 @@ macro_rules! conformance_tests {
             async fn consumer_groups() {
                 let fixture = $make.await;
                 $crate::conformance::consumer_groups(&fixture).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dead_letters_of_one_event_from_two_groups() {
+                let fixture = $make.await;
+                $crate::conformance::dead_letters_of_one_event_from_two_groups(&fixture).await;
             }
         }
     };
