@@ -24,5 +24,5 @@ pub mod log;
 pub mod schema;
 pub mod subscription;
 
-pub use log::{partition_for_key, Log, LogConfig};
+pub use log::{partition_for_key, Log, LogConfig, LogStats};
 pub use subscription::LogSubscription;

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,8 +43,17 @@ pub struct LogConfig {
     /// A member silent for this long is presumed dead and its partitions are taken
     /// over, starting from their committed offsets. Default 10 s.
     pub session_timeout: Duration,
-    /// Records older than this are deleted by [`Log::purge_expired`]. Default 7 days.
+    /// Records older than this are deleted by [`Log::purge_expired`] once every group
+    /// of their topic has committed past them. Default 7 days.
     pub retention: Duration,
+    /// Records older than this are deleted even if a group has not consumed them —
+    /// the bound on disk when a group is stuck or gone — and every such record is
+    /// reported (an error log naming the groups, and [`LogStats::dropped_unconsumed`]).
+    /// Default none: a record nobody consumed stays until someone does.
+    pub unconsumed_retention: Option<Duration>,
+    /// The retention of dead-letter topics (names ending in `.dlq`), usually longer:
+    /// dead letters wait for a person. Default 30 days.
+    pub dead_letter_retention: Duration,
     /// Rows per `INSERT` statement (bounded by SQLite's parameter limit). Default 500.
     pub insert_chunk_len: usize,
     /// A name for this process that survives its restarts (for example the service
@@ -64,6 +74,8 @@ impl Default for LogConfig {
             heartbeat_interval: Duration::from_secs(1),
             session_timeout: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 24 * 3600),
+            unconsumed_retention: None,
+            dead_letter_retention: Duration::from_secs(30 * 24 * 3600),
             insert_chunk_len: 500,
             instance_id: None,
         }
@@ -76,10 +88,40 @@ pub struct Log {
     pub(crate) inner: Arc<LogInner>,
 }
 
+/// Counters of a [`Log`], readable while it runs.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Records retention deleted although a group had not consumed them (only past
+    /// [`LogConfig::unconsumed_retention`]).
+    pub dropped_unconsumed: AtomicU64,
+    /// Records a subscription found missing below the next one it read: deleted
+    /// before its group consumed them. It reports them and reads on.
+    pub holes_seen: AtomicU64,
+}
+
+impl LogStats {
+    pub fn dropped_unconsumed(&self) -> u64 {
+        self.dropped_unconsumed.load(Ordering::Relaxed)
+    }
+    pub fn holes_seen(&self) -> u64 {
+        self.holes_seen.load(Ordering::Relaxed)
+    }
+}
+
+/// `now - age` in microseconds, or the start of time when `age` reaches beyond it (a
+/// retention of `Duration::MAX`): nothing is that old.
+pub(crate) fn micros_before(now: eddy_core::OffsetDateTime, age: Duration) -> i64 {
+    time::Duration::try_from(age)
+        .ok()
+        .and_then(|age| now.checked_sub(age))
+        .map_or(i64::MIN, to_micros)
+}
+
 pub(crate) struct LogInner {
     pub(crate) db: Db,
     pub(crate) config: LogConfig,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) stats: LogStats,
     partitions: Mutex<HashMap<String, u32>>,
     members: Mutex<HashMap<(String, String), u32>>,
 }
@@ -133,6 +175,7 @@ impl Log {
                 db,
                 config,
                 clock,
+                stats: LogStats::default(),
                 partitions: Mutex::new(HashMap::new()),
                 members: Mutex::new(HashMap::new()),
             }),
@@ -370,17 +413,121 @@ impl Log {
         Ok(positions)
     }
 
-    /// Deletes records older than the retention, at most `batch_len_max` of them;
-    /// returns how many went. Call it periodically (the platform does).
+    /// The log's counters.
+    pub fn stats(&self) -> &LogStats {
+        &self.inner.stats
+    }
+
+    /// Deletes records past their retention that every group of their topic has
+    /// committed past (a topic nobody consumes loses them at the retention), and —
+    /// if [`LogConfig::unconsumed_retention`] is set — records past it whoever has not
+    /// consumed them, reporting each such drop. At most `batch_len_max` records per
+    /// call; returns how many went. Call it periodically (the platform does).
     pub async fn purge_expired(&self, batch_len_max: i64) -> Result<u64, Error> {
-        let retention =
-            time::Duration::try_from(self.inner.config.retention).unwrap_or(time::Duration::MAX);
-        let cutoff = to_micros(self.inner.clock.now() - retention);
-        let result = sqlx::query(
-            "DELETE FROM eddy_log_records WHERE (topic, partition, record_offset) IN (SELECT topic, partition, record_offset FROM eddy_log_records WHERE appended_at_us < $1 LIMIT $2)",
+        let topics: Vec<(String, i64)> =
+            sqlx::query_as("SELECT topic, partitions FROM eddy_log_topics ORDER BY topic")
+                .fetch_all(self.inner.db.pool())
+                .await
+                .map_err(|e| classify("cannot list topics", e))?;
+        let mut budget = batch_len_max.max(0);
+        let mut total = 0;
+        for (topic, partitions) in topics {
+            for partition in 0..partitions {
+                if budget == 0 {
+                    return Ok(total);
+                }
+                let deleted = self.purge_partition(&topic, partition, budget).await?;
+                budget -= i64::try_from(deleted).unwrap_or(budget);
+                total += deleted;
+            }
+        }
+        Ok(total)
+    }
+
+    /// [`Log::purge_expired`] on one partition.
+    async fn purge_partition(
+        &self,
+        topic: &str,
+        partition: i64,
+        budget: i64,
+    ) -> Result<u64, Error> {
+        let config = &self.inner.config;
+        let now = self.inner.clock.now();
+        let retention = if topic.ends_with(".dlq") {
+            config.dead_letter_retention
+        } else {
+            config.retention
+        };
+        let positions = self.group_positions(topic, partition).await?;
+        // Below the lowest position every group has consumed; no group: no one waits.
+        let consumed_below = positions.iter().map(|(_, p)| *p).min().unwrap_or(i64::MAX);
+        let mut deleted = self
+            .delete_records(
+                topic,
+                partition,
+                micros_before(now, retention),
+                consumed_below,
+                budget,
+            )
+            .await?;
+        if let Some(hard) = config.unconsumed_retention {
+            let left = budget - i64::try_from(deleted).unwrap_or(budget);
+            if left > 0 {
+                let dropped = self
+                    .delete_records(topic, partition, micros_before(now, hard), i64::MAX, left)
+                    .await?;
+                if dropped > 0 {
+                    self.inner
+                        .stats
+                        .dropped_unconsumed
+                        .fetch_add(dropped, Ordering::Relaxed);
+                    let behind: Vec<&str> = positions.iter().map(|(g, _)| g.as_str()).collect();
+                    tracing::error!(topic, partition, dropped, groups = ?behind, "retention deleted records a group had not consumed (unconsumed_retention)");
+                }
+                deleted += dropped;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Every group of `topic` with its committed position on `partition` (0 when it
+    /// has members but never committed there).
+    async fn group_positions(
+        &self,
+        topic: &str,
+        partition: i64,
+    ) -> Result<Vec<(String, i64)>, Error> {
+        sqlx::query_as(
+            "SELECT g.consumer_group, COALESCE(o.next_offset, 0) FROM \
+             (SELECT consumer_group FROM eddy_log_offsets WHERE topic = $1 UNION SELECT consumer_group FROM eddy_log_members WHERE topic = $1) g \
+             LEFT JOIN eddy_log_offsets o ON o.consumer_group = g.consumer_group AND o.topic = $1 AND o.partition = $2",
         )
-        .bind(cutoff)
-        .bind(batch_len_max)
+        .bind(topic)
+        .bind(partition)
+        .fetch_all(self.inner.db.pool())
+        .await
+        .map_err(|e| classify("cannot read the groups' positions", e))
+    }
+
+    /// Deletes up to `limit` records of a partition appended before `before_us` with
+    /// offsets below `below`, oldest first.
+    async fn delete_records(
+        &self,
+        topic: &str,
+        partition: i64,
+        before_us: i64,
+        below: i64,
+        limit: i64,
+    ) -> Result<u64, Error> {
+        let result = sqlx::query(
+            "DELETE FROM eddy_log_records WHERE topic = $1 AND partition = $2 AND record_offset IN \
+             (SELECT record_offset FROM eddy_log_records WHERE topic = $1 AND partition = $2 AND appended_at_us < $3 AND record_offset < $4 ORDER BY record_offset LIMIT $5)",
+        )
+        .bind(topic)
+        .bind(partition)
+        .bind(before_us)
+        .bind(below)
+        .bind(limit)
         .execute(self.inner.db.pool())
         .await
         .map_err(|e| classify("cannot purge expired records", e))?;

@@ -20,6 +20,7 @@ use eddy_core::envelope::to_micros;
 use eddy_core::{Delivery, Error, Message, Subscription, Undecodable};
 use eddy_sql::{classify, envelope_row, Tx};
 use sqlx::Row;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use tokio::time::Instant;
 
@@ -387,12 +388,15 @@ impl Member {
             .fetch_all(self.log.db().pool())
             .await
             .map_err(|e| classify("cannot fetch records", e))?;
-            for row in rows {
+            for (index, row) in rows.iter().enumerate() {
                 let offset: i64 = row
                     .try_get("record_offset")
                     .map_err(|e| classify("cannot read an offset", e))?;
                 let offset = offset.max(0) as u64;
-                let message = match envelope_row::read_envelope(&row) {
+                if index == 0 && offset > next {
+                    self.report_hole(partition, next, offset);
+                }
+                let message = match envelope_row::read_envelope(row) {
                     Ok(envelope) => Message::Event(envelope),
                     Err(error) => Message::Undecodable(Undecodable {
                         key: row.try_get::<String, _>("event_key").ok(),
@@ -418,6 +422,26 @@ impl Member {
             }
         }
         Ok(out)
+    }
+}
+
+impl Member {
+    /// Offsets are dense, so records missing between `next` and the first one found
+    /// were deleted by retention before this group read them: said, counted, skipped.
+    fn report_hole(&self, partition: u32, next: u64, found: u64) {
+        let missing = found - next;
+        if next == 0 {
+            // A group reading from the start finds what retention kept: nothing of
+            // its own was lost.
+            tracing::info!(topic = %self.topic, group = %self.group, partition, first_kept = found, "group starts at the oldest record kept");
+            return;
+        }
+        self.log
+            .inner
+            .stats
+            .holes_seen
+            .fetch_add(missing, Ordering::Relaxed);
+        tracing::error!(topic = %self.topic, group = %self.group, partition, from = next, to = found, missing, "records were deleted before this group consumed them; reading on from the next kept record");
     }
 }
 

@@ -117,6 +117,126 @@ mod retention {
         );
     }
 
+    fn manual_log_config(unconsumed: Option<Duration>) -> LogConfig {
+        LogConfig {
+            retention: Duration::from_secs(60),
+            unconsumed_retention: unconsumed,
+            dead_letter_retention: Duration::from_secs(24 * 3600),
+            ..config()
+        }
+    }
+
+    async fn retention_keeps_what_a_group_has_not_consumed(db: TestDb) {
+        let clock = ManualClock::new(eddy_core::OffsetDateTime::now_utc());
+        let log = Log::open_with_clock(
+            db.db().clone(),
+            manual_log_config(None),
+            Arc::new(clock.clone()),
+        )
+        .await
+        .unwrap();
+        log.create_topic("t", 1).await.unwrap();
+        log.publish("t", &Numbered::interleaved(1, 6))
+            .await
+            .unwrap();
+        let member = log.subscribe("t", "g").await.unwrap();
+        let first = eddy_testkit::conformance::receive(member.as_ref(), 6, false).await;
+        eddy_testkit::conformance::commit_all(member.as_ref(), &first[..2]).await;
+        member.close().await.unwrap();
+
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(
+            log.purge_expired(1000).await.unwrap(),
+            2,
+            "only what the group consumed"
+        );
+        assert_eq!(log.lag("g", "t").await.unwrap(), 4);
+
+        // Past the unconsumed retention they go too, and every one is reported.
+        let bounded = Log::open_with_clock(
+            db.connect_again().await,
+            manual_log_config(Some(Duration::from_secs(120))),
+            Arc::new(clock.clone()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(bounded.purge_expired(1000).await.unwrap(), 0);
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(bounded.purge_expired(1000).await.unwrap(), 4);
+        assert_eq!(bounded.stats().dropped_unconsumed(), 4);
+
+        // The group comes back and finds the hole: said and counted, then it reads on.
+        bounded
+            .publish("t", &Numbered::interleaved(1, 1))
+            .await
+            .unwrap();
+        let back = bounded.subscribe("t", "g").await.unwrap();
+        let next = eddy_testkit::conformance::receive(back.as_ref(), 1, true).await;
+        assert_eq!(next[0].offset, 6);
+        assert_eq!(bounded.stats().holes_seen(), 4);
+        back.close().await.unwrap();
+    }
+
+    async fn dead_letter_topics_keep_their_own_retention(db: TestDb) {
+        let clock = ManualClock::new(eddy_core::OffsetDateTime::now_utc());
+        let log = Log::open_with_clock(
+            db.db().clone(),
+            manual_log_config(None),
+            Arc::new(clock.clone()),
+        )
+        .await
+        .unwrap();
+        log.publish("t", &Numbered::interleaved(1, 2))
+            .await
+            .unwrap();
+        log.publish("t.dlq", &Numbered::interleaved(1, 2))
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(log.purge_expired(1000).await.unwrap(), 2);
+        assert_eq!(
+            log.lag("operators", "t.dlq").await.unwrap(),
+            2,
+            "dead letters stay"
+        );
+        clock.advance(Duration::from_secs(24 * 3600));
+        assert_eq!(log.purge_expired(1000).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_retention_beyond_the_start_of_time_keeps_everything() {
+        let db = TestDb::sqlite().await;
+        let log = Log::open(
+            db.db().clone(),
+            LogConfig {
+                retention: Duration::MAX,
+                unconsumed_retention: Some(Duration::MAX),
+                ..config()
+            },
+        )
+        .await
+        .unwrap();
+        log.publish("t", &Numbered::interleaved(1, 2))
+            .await
+            .unwrap();
+        assert_eq!(log.purge_expired(1000).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_what_a_group_has_not_consumed_on_sqlite() {
+        retention_keeps_what_a_group_has_not_consumed(TestDb::sqlite().await).await;
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_what_a_group_has_not_consumed_on_postgres() {
+        retention_keeps_what_a_group_has_not_consumed(TestDb::postgres().await).await;
+    }
+
+    #[tokio::test]
+    async fn dead_letter_topics_keep_their_own_retention_on_sqlite() {
+        dead_letter_topics_keep_their_own_retention(TestDb::sqlite().await).await;
+    }
+
     #[tokio::test]
     async fn on_sqlite() {
         records_older_than_the_retention_are_purged(TestDb::sqlite().await).await;

@@ -405,6 +405,22 @@ fn pulled(
     }
 }
 
+/// Acks every message (sequence and message) with `ack`, all of them whatever fails;
+/// returns the ones that failed, with why, in order.
+async fn ack_each<M, E, F, Fut>(messages: Vec<(u64, M)>, ack: F) -> Vec<((u64, M), E)>
+where
+    F: Fn(M) -> Fut,
+    Fut: std::future::Future<Output = Result<M, (M, E)>>,
+{
+    let mut failed = Vec::new();
+    for (sequence, message) in messages {
+        if let Err((message, error)) = ack(message).await {
+            failed.push(((sequence, message), error));
+        }
+    }
+    failed
+}
+
 #[async_trait]
 impl Subscription for NatsSubscription {
     async fn fetch(&self, max_len: usize) -> Result<Vec<Delivery>, Error> {
@@ -425,17 +441,23 @@ impl Subscription for NatsSubscription {
             }
         };
         let mut out = vec![self.deliver(first)?];
-        // …then take what has already arrived, without waiting.
+        // …then take what has already arrived, without waiting. An error here must not
+        // lose what is already held: those messages go to the caller now (an error
+        // returned instead would leave them held but never handled, and the next
+        // commit past them would ack them unprocessed). The error comes back on the
+        // next fetch if it persists; a message that failed to deliver is not held, so
+        // JetStream gives it again after `ack_wait`.
         while out.len() < max_len {
-            match messages.next().now_or_never() {
-                Some(item) => match pulled(item) {
-                    Ok(Some(message)) => out.push(self.deliver(message)?),
-                    Ok(None) => {}
-                    // Hand over what arrived; the error comes back on the next fetch
-                    // if it persists.
-                    Err(_) => break,
-                },
-                None => break,
+            let Some(item) = messages.next().now_or_never() else {
+                break;
+            };
+            match pulled(item).and_then(|m| m.map(|m| self.deliver(m)).transpose()) {
+                Ok(Some(delivery)) => out.push(delivery),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "JetStream pull failed mid-batch; handing over what arrived");
+                    break;
+                }
             }
         }
         Ok(out)
@@ -447,16 +469,31 @@ impl Subscription for NatsSubscription {
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
             for &(_, next) in offsets {
                 let keep = held.split_off(&next);
-                done.extend(std::mem::replace(&mut *held, keep).into_values());
+                done.extend(std::mem::replace(&mut *held, keep));
             }
         }
-        for message in done {
-            message
-                .ack()
-                .await
-                .map_err(|e| transient("ack failed", e))?;
+        let failed = ack_each(done, |message| async move {
+            let acked = message.ack().await;
+            match acked {
+                Ok(()) => Ok(message),
+                Err(error) => Err((message, error)),
+            }
+        })
+        .await;
+        // Every ack is tried; the ones that failed are held again, so the commit the
+        // runtime retries acks them (instead of leaving them to `ack_wait`).
+        let Some((_, first)) = failed.first() else {
+            return Ok(());
+        };
+        let error = Error::transient(format!(
+            "{} of the acks failed; the first: {first}",
+            failed.len()
+        ));
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for (sequence, message) in failed.into_iter().map(|(m, _)| m) {
+            held.insert(sequence, message);
         }
-        Ok(())
+        Err(error)
     }
 
     async fn close(&self) -> Result<(), Error> {
@@ -485,5 +522,37 @@ impl Subscription for NatsSubscription {
                 .await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ack_each;
+
+    #[tokio::test]
+    async fn one_failed_ack_does_not_leave_the_rest_unacked() {
+        let acked = std::sync::Mutex::new(Vec::new());
+        let failed = ack_each(vec![(1, "a"), (2, "b"), (3, "c")], |m| {
+            let acked = &acked;
+            async move {
+                if m == "b" {
+                    Err((m, "connection reset"))
+                } else {
+                    acked.lock().unwrap().push(m);
+                    Ok(m)
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            *acked.lock().unwrap(),
+            ["a", "c"],
+            "the ones after it were acked"
+        );
+        assert_eq!(
+            failed,
+            [((2, "b"), "connection reset")],
+            "and the failed one comes back"
+        );
     }
 }

@@ -150,6 +150,16 @@ impl Relay {
         let mut failures = 0u32;
         let mut next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
         while !shutdown.is_cancelled() {
+            // Before the batch, so a relay that always has a backlog still cleans up.
+            if tokio::time::Instant::now() >= next_cleanup {
+                match self.clean_up().await {
+                    Ok(n) => {
+                        self.stats.cleaned.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(error) => tracing::warn!(%error, "outbox cleanup failed"),
+                }
+                next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
+            }
             match self.relay_batch().await {
                 Ok(published) => {
                     failures = 0;
@@ -172,15 +182,6 @@ impl Relay {
                         _ = tokio::time::sleep(pause) => continue,
                     }
                 }
-            }
-            if tokio::time::Instant::now() >= next_cleanup {
-                match self.clean_up().await {
-                    Ok(n) => {
-                        self.stats.cleaned.fetch_add(n, Ordering::Relaxed);
-                    }
-                    Err(error) => tracing::warn!(%error, "outbox cleanup failed"),
-                }
-                next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -396,9 +397,11 @@ impl Relay {
 
     /// Deletes published rows older than the retention; returns how many went.
     pub async fn clean_up(&self) -> Result<u64, Error> {
-        let retention =
-            time::Duration::try_from(self.config.retention).unwrap_or(time::Duration::MAX);
-        let cutoff = to_micros(self.outbox.clock().now() - retention);
+        // A retention reaching before the start of time keeps everything.
+        let cutoff = time::Duration::try_from(self.config.retention)
+            .ok()
+            .and_then(|retention| self.outbox.clock().now().checked_sub(retention))
+            .map_or(i64::MIN, to_micros);
         let mut total = 0;
         loop {
             let deleted = sqlx::query(

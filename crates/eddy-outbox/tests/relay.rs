@@ -393,6 +393,39 @@ async fn an_undecodable_row_is_parked_and_the_rows_behind_it_flow(s: Setup) {
     relaying.await.unwrap().unwrap();
 }
 
+/// A relay that always has a backlog used to skip its cleanup until the backlog
+/// ended: published rows piled up for as long as the load lasted.
+async fn a_busy_relay_still_cleans_up(s: Setup) {
+    let relay = Relay::new(
+        s.outbox.clone(),
+        Arc::new(s.log.clone()),
+        RelayConfig {
+            batch_len_max: 1,
+            retention: Duration::from_millis(1),
+            cleanup_interval: Duration::from_millis(1),
+            ..config()
+        },
+    );
+    let stats = relay.stats();
+    let events: Vec<Envelope> = (0..300).map(|seq| Numbered::envelope("k", seq)).collect();
+    let mut tx = s.outbox.db().begin().await.unwrap();
+    s.outbox.append(&mut tx, "orders", &events).await.unwrap();
+    tx.commit().await.unwrap();
+    let stop = CancellationToken::new();
+    let relaying = tokio::spawn(relay.run(stop.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while stats.cleaned.load(Ordering::Relaxed) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never cleaned up");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        s.outbox.state().await.unwrap().pending_len > 0,
+        "cleanup waited for the backlog to end"
+    );
+    stop.cancel();
+    relaying.await.unwrap().unwrap();
+}
+
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -415,6 +448,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    a_busy_relay_still_cleans_up,
     a_row_the_broker_refuses_is_parked_and_the_rows_behind_it_flow,
     an_undecodable_row_is_parked_and_the_rows_behind_it_flow,
     eight_writers_committing_out_of_order_lose_nothing,

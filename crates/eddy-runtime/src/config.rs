@@ -65,6 +65,11 @@ pub struct ConsumerConfig {
     /// unavailable (an open breaker); the wait is jittered between half and all of it.
     /// Such tries spend no attempt. Default 1 s.
     pub unavailable_pause: Duration,
+    /// How long one message may keep pausing on "unavailable" before its tries count
+    /// as transient failures again (spending attempts, and at the end going to the
+    /// dead letters): the bound that keeps a handler which always says unavailable
+    /// from holding its key forever. Default 15 min — longer than a failover.
+    pub unavailable_wait_max: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -79,6 +84,7 @@ impl Default for ConsumerConfig {
             dead_letter_topic: None,
             jitter_seed: None,
             unavailable_pause: Duration::from_secs(1),
+            unavailable_wait_max: Duration::from_secs(15 * 60),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! [`Consumer`]: fetch, schedule per key, retry, dead-letter, commit, drain.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +40,13 @@ pub struct ConsumerStats {
     pub paused: AtomicU64,
     /// Fetches that failed (the consumer backs off and fetches again).
     pub fetch_failures: AtomicU64,
+    /// Skipped messages per event type: at most [`SKIPPED_TYPES_MAX`] types (a foreign
+    /// producer could send any number), the rest counted under `other`.
+    skipped_types: Mutex<BTreeMap<String, u64>>,
 }
+
+/// Event types [`ConsumerStats`] counts skipped messages of by name.
+pub const SKIPPED_TYPES_MAX: usize = 64;
 
 impl ConsumerStats {
     pub fn handled(&self) -> u64 {
@@ -59,6 +66,32 @@ impl ConsumerStats {
     }
     pub fn fetch_failures(&self) -> u64 {
         self.fetch_failures.load(Ordering::Relaxed)
+    }
+
+    /// Skipped messages by event type (see [`SKIPPED_TYPES_MAX`]).
+    pub fn skipped_by_type(&self) -> BTreeMap<String, u64> {
+        self.skipped_types
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Counts a message skipped for want of a handler; true the first time its type
+    /// is seen.
+    fn skip(&self, event_type: &str) -> bool {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        let mut types = self.skipped_types.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = types.get_mut(event_type) {
+            *count += 1;
+            return false;
+        }
+        let name = if types.len() < SKIPPED_TYPES_MAX {
+            event_type
+        } else {
+            "other"
+        };
+        *types.entry(name.to_owned()).or_default() += 1;
+        name != "other"
     }
 }
 
@@ -400,7 +433,9 @@ async fn admit<'a>(
         }
     };
     let Some(route) = shared.router.get(&envelope.event_type) else {
-        shared.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        if shared.stats.skip(&envelope.event_type) {
+            tracing::warn!(event_type = %envelope.event_type, topic = %delivery.topic, group = %shared.group, "no handler for this event type; committing past it (counted per type in events_skipped_total)");
+        }
         return Err(Outcome::Finished);
     };
     let passed = envelope
@@ -450,6 +485,7 @@ pub(crate) async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
         Err(outcome) => return outcome,
     };
     let mut first_failure = None;
+    let mut paused_since: Option<tokio::time::Instant> = None;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -461,7 +497,15 @@ pub(crate) async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
             }
             Some(Err(error)) => error,
         };
-        let pause = match decide(error.kind(), attempt, &shared.config.retry) {
+        let mut kind = error.kind();
+        if kind == ErrorKind::Unavailable {
+            let since = *paused_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= shared.config.unavailable_wait_max {
+                // Paused long enough: from now on its tries spend attempts.
+                kind = ErrorKind::Transient;
+            }
+        }
+        let pause = match decide(kind, attempt, &shared.config.retry) {
             Decision::Pause => {
                 // The breaker lets one probe through when it half-opens; the other keys
                 // keep waiting here until it closes.
@@ -486,7 +530,7 @@ pub(crate) async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
                 tracing::warn!(event_id = %envelope.id, event_type = %envelope.event_type, attempt, %error, "message failed; dead-lettering");
                 let failure = Failure {
                     error: error.to_string(),
-                    kind: error.kind().to_string(),
+                    kind: kind.to_string(),
                     attempts: attempt,
                     first_at: *first_failure.get_or_insert(now),
                     last_at: now,

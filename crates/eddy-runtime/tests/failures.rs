@@ -247,3 +247,75 @@ async fn a_database_gone_read_only_pauses_the_handler_without_spending_attempts(
     .await;
     assert_eq!(stats.paused(), 3, "each read-only answer was a pause");
 }
+
+/// Says "unavailable" forever (a bug, or a dependency that never comes back).
+struct AlwaysUnavailable;
+
+#[async_trait]
+impl eddy_core::Handler<Numbered> for AlwaysUnavailable {
+    async fn handle(&self, _: Numbered, _: &Envelope) -> Result<(), HandlerError> {
+        Err(HandlerError::unavailable("the dependency is down"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_always_unavailable_holds_its_key_only_until_the_wait_max() {
+    let db = TestDb::sqlite().await;
+    let log = Log::open(db.db().clone(), log_config()).await.unwrap();
+    log.publish(
+        "orders",
+        &[Numbered::envelope("k", 1), Numbered::envelope("k", 2)],
+    )
+    .await
+    .unwrap();
+    let consumer = Consumer::new(
+        "orders",
+        "workers",
+        Arc::new(log.clone()),
+        Arc::new(log.clone()),
+        Router::new().route::<Numbered, _>(AlwaysUnavailable),
+    )
+    .with_config(ConsumerConfig {
+        unavailable_wait_max: Duration::from_millis(200),
+        ..one_attempt()
+    });
+    let stats = consumer.stats();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(stop.clone()));
+    eventually("both events dead-lettered", || stats.dead_lettered() == 2).await;
+    assert!(stats.paused() >= 2, "each paused first");
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_type_no_handler_knows_are_counted_per_type() {
+    let db = TestDb::sqlite().await;
+    let log = Log::open(db.db().clone(), log_config()).await.unwrap();
+    let mut foreign = Numbered::envelope("k", 1);
+    foreign.event_type = "orders.OrderTeleported".to_owned();
+    log.publish(
+        "orders",
+        &[foreign.clone(), foreign, Numbered::envelope("k", 2)],
+    )
+    .await
+    .unwrap();
+    let consumer = Consumer::new(
+        "orders",
+        "workers",
+        Arc::new(log.clone()),
+        Arc::new(log.clone()),
+        Router::new().route::<Numbered, _>(Accept),
+    )
+    .with_config(one_attempt());
+    let stats = consumer.stats();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(stop.clone()));
+    eventually("all three seen", || stats.handled() + stats.skipped() == 3).await;
+    assert_eq!(
+        stats.skipped_by_type().get("orders.OrderTeleported"),
+        Some(&2)
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}

@@ -33,7 +33,8 @@ struct RelayEntry {
 /// (`events_processed_total`, `events_dead_lettered_total`, `events_published_total`)
 /// and gauges (`consumer_lag_messages`, `outbox_pending_messages`,
 /// `outbox_oldest_pending_age_seconds`, `outbox_parked_messages`); for supervised workers `worker_up` (1 or 0)
-/// and `worker_restarts_total`; per consumer `consumer_fetch_failures_total`.
+/// and `worker_restarts_total`; per consumer `consumer_fetch_failures_total` and
+/// `events_skipped_total` by event type (no handler for it).
 #[derive(Default)]
 pub struct Exporter {
     consumers: Vec<ConsumerEntry>,
@@ -90,6 +91,10 @@ impl Exporter {
                 .absolute(c.stats.handled());
             metrics::counter!("consumer_fetch_failures_total", "consumer" => c.group, "topic" => c.topic)
                 .absolute(c.stats.fetch_failures());
+            for (event_type, skipped) in c.stats.skipped_by_type() {
+                metrics::counter!("events_skipped_total", "consumer" => c.group, "topic" => c.topic, "event_type" => event_type)
+                    .absolute(skipped);
+            }
             if let Some(lag) = lag.lag(c.group, c.topic).await {
                 metrics::gauge!("consumer_lag_messages", "group" => c.group, "topic" => c.topic)
                     .set(lag as f64);

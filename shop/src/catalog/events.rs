@@ -9,15 +9,23 @@ use super::store;
 use crate::contracts::{ProductUpserted, StockChanged, INVENTORY_TOPIC};
 use crate::service::{ServiceContext, Subscription};
 
-/// The announcement of a product as it now is; `stock` only when the operator set it.
-pub fn upserted(product: &Product, stock_set: Option<i64>) -> ProductUpserted {
+/// An operator's stock figure and the difference it made to the catalog's figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockSet {
+    pub figure: i64,
+    pub delta: i64,
+}
+
+/// The announcement of a product as it now is; the stock only when the operator set it.
+pub fn upserted(product: &Product, stock_set: Option<StockSet>) -> ProductUpserted {
     ProductUpserted {
         product_id: product.id.as_str().to_owned(),
         sku: product.sku.clone(),
         name: product.name.clone(),
         price_cents: product.price_cents,
         currency: product.currency.clone(),
-        stock: stock_set,
+        stock: stock_set.map(|s| s.figure),
+        stock_delta: stock_set.map(|s| s.delta),
     }
 }
 

@@ -8,7 +8,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::domain::{self, ProductChange};
-use super::{events, store};
+use super::events::{self, StockSet};
+use super::store;
 use crate::contracts::values::{ProductId, Timestamp};
 use crate::contracts::CATALOG_TOPIC;
 use crate::problem::{ApiError, ApiJson};
@@ -30,6 +31,8 @@ pub struct NewProduct {
 #[serde(deny_unknown_fields)]
 pub struct ProductUpdate {
     pub price_cents: Option<i64>,
+    /// The figure the product should show. Sent on to inventory as the difference to
+    /// the figure shown now, so units reserved by orders in flight stay reserved.
     pub stock: Option<i64>,
     pub name: Option<String>,
 }
@@ -99,7 +102,13 @@ pub async fn create(
     let created = store::load(tx.conn(), id.as_str())
         .await?
         .ok_or(ApiError::NotFound("product"))?;
-    let event = events::upserted(&created, Some(product.stock.units()));
+    let event = events::upserted(
+        &created,
+        Some(StockSet {
+            figure: product.stock.units(),
+            delta: product.stock.units(),
+        }),
+    );
     service.emit(&mut tx, CATALOG_TOPIC, &event, None).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(created.into())))
@@ -138,13 +147,19 @@ pub async fn update(
 ) -> Result<Json<ProductView>, ApiError> {
     let change = ProductChange::parse(update.price_cents, update.stock, update.name.as_deref())?;
     let mut tx = service.db.begin().await?;
-    if !store::update(&mut tx, &id, &change, service.now()).await? {
+    let Some(stock_delta) = store::update(&mut tx, &id, &change, service.now()).await? else {
         return Err(ApiError::NotFound("product"));
-    }
+    };
     let product = store::load(tx.conn(), &id)
         .await?
         .ok_or(ApiError::NotFound("product"))?;
-    let event = events::upserted(&product, change.stock.map(|s| s.units()));
+    let event = events::upserted(
+        &product,
+        change.stock.map(|s| StockSet {
+            figure: s.units(),
+            delta: stock_delta,
+        }),
+    );
     service.emit(&mut tx, CATALOG_TOPIC, &event, None).await?;
     tx.commit().await?;
     Ok(Json(product.into()))

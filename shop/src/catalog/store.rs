@@ -8,11 +8,24 @@ use sqlx::{AnyConnection, Row};
 use super::domain::{NewProduct, Product, ProductChange};
 use crate::contracts::values::{ProductId, Timestamp};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "catalog_0001_products",
-    sqlite: PRODUCTS,
-    postgres: PRODUCTS,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "catalog_0001_products",
+        sqlite: PRODUCTS,
+        postgres: PRODUCTS,
+    },
+    Migration {
+        name: "catalog_0002_stock_delta",
+        sqlite: STOCK_DELTA,
+        postgres: STOCK_DELTA,
+    },
+];
+
+/// The change the last stock update made to the figure, computed by the update
+/// itself (its right-hand sides see the row as it was), so it is exact under
+/// concurrent updates.
+const STOCK_DELTA: &str =
+    "ALTER TABLE products ADD COLUMN last_stock_delta BIGINT NOT NULL DEFAULT 0";
 
 const PRODUCTS: &str = "CREATE TABLE IF NOT EXISTS products (id TEXT PRIMARY KEY, sku TEXT NOT NULL UNIQUE, name TEXT NOT NULL, price_cents BIGINT NOT NULL, currency TEXT NOT NULL, stock BIGINT NOT NULL, stock_version BIGINT NOT NULL, created_at_us BIGINT NOT NULL, updated_at_us BIGINT NOT NULL)";
 
@@ -61,23 +74,24 @@ pub async fn insert(
     Ok(inserted.rows_affected() == 1)
 }
 
-/// Applies `change` to product `id`; false when there is no such product.
+/// Applies `change` to product `id`; `None` when there is no such product, else the
+/// difference the change made to the stock figure (0 when it left stock alone).
 pub async fn update(
     tx: &mut Tx,
     id: &str,
     change: &ProductChange,
     now: Timestamp,
-) -> Result<bool, Error> {
-    let updated = sqlx::query("UPDATE products SET price_cents = COALESCE($1, price_cents), stock = COALESCE($2, stock), name = COALESCE($3, name), updated_at_us = $4 WHERE id = $5")
+) -> Result<Option<i64>, Error> {
+    let delta: Option<i64> = sqlx::query_scalar("UPDATE products SET price_cents = COALESCE($1, price_cents), last_stock_delta = COALESCE($2, stock) - stock, stock = COALESCE($2, stock), name = COALESCE($3, name), updated_at_us = $4 WHERE id = $5 RETURNING last_stock_delta")
         .bind(change.price.map(|p| p.cents()))
         .bind(change.stock.map(|s| s.units()))
         .bind(change.name.as_ref().map(|n| n.as_str()))
         .bind(now.micros())
         .bind(id)
-        .execute(tx.conn())
+        .fetch_optional(tx.conn())
         .await
         .map_err(|e| classify("cannot update the product", e))?;
-    Ok(updated.rows_affected() == 1)
+    Ok(delta)
 }
 
 /// Sets the stock figure inventory announced, unless a newer one is already there.

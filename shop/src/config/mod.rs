@@ -23,9 +23,12 @@ use crate::service::ServiceName;
 pub struct Config {
     /// Where the SQLite files live. Default `data`.
     pub data_dir: PathBuf,
-    /// This process's name in consumer groups; it must survive restarts and differ
-    /// between processes sharing a broker. A restarted process takes its partitions back
-    /// at once under the same name. Default `shop`.
+    /// This process's name in consumer groups; it must differ between live processes
+    /// sharing a broker. Set it to a name that survives restarts (the service and host,
+    /// say) and a process restarted after a crash takes its partitions back at once
+    /// under it. Default empty: `shop-<host>-<pid>`, unique per process, so two
+    /// processes never share partitions by accident (a restart then waits out the
+    /// session timeout).
     pub instance_id: String,
     /// The services this process runs. Default all five (the modular monolith); one per
     /// process in scale-out mode, with `shop gateway` in front.
@@ -51,7 +54,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("data"),
-            instance_id: "shop".to_owned(),
+            instance_id: String::new(),
             services: ServiceName::ALL.to_vec(),
             gateway: GatewayConfig::default(),
             server: ServerConfig::default(),
@@ -87,6 +90,20 @@ impl Database {
 }
 
 impl Config {
+    /// The instance id in use: [`Config::instance_id`], or `shop-<host>-<pid>` when it
+    /// is empty.
+    pub fn instance_name(&self) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        format!("shop-{host}-{}", std::process::id())
+    }
+
     /// Defaults, then `file` (if given; it must exist), then the environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
@@ -146,7 +163,7 @@ impl Config {
     }
 
     /// Settings where 0 would stall or refuse everything.
-    fn positive_settings(&self) -> [(&'static str, u64); 18] {
+    fn positive_settings(&self) -> [(&'static str, u64); 20] {
         let size = |n: usize| n as u64;
         [
             (
@@ -198,6 +215,14 @@ impl Config {
             (
                 "maintenance.log_purge_batch_len_max",
                 self.maintenance.log_purge_batch_len_max,
+            ),
+            (
+                "maintenance.processed_events_retention_secs",
+                self.maintenance.processed_events_retention_secs,
+            ),
+            (
+                "maintenance.idempotency_keys_retention_secs",
+                self.maintenance.idempotency_keys_retention_secs,
             ),
             (
                 "broker.kafka_partitions",

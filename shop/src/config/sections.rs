@@ -241,6 +241,14 @@ pub struct MaintenanceConfig {
     pub log_purge_interval_secs: u64,
     /// Records deleted per purge statement (a bound on one transaction). Default 10,000.
     pub log_purge_batch_len_max: u64,
+    /// How long each service remembers the events it processed (the idempotency
+    /// records that make a redelivery a no-op). Must outlast any redelivery: a group
+    /// away longer than this may apply an event twice. Default 1,209,600 s (14 days,
+    /// twice the log's retention).
+    pub processed_events_retention_secs: u64,
+    /// How long orders remembers an `Idempotency-Key` (a retry with the same key
+    /// after this is a new order). Default 86,400 s (24 hours, as Stripe keeps keys).
+    pub idempotency_keys_retention_secs: u64,
 }
 
 impl Default for MaintenanceConfig {
@@ -249,6 +257,8 @@ impl Default for MaintenanceConfig {
             metrics_interval_ms: 2_000,
             log_purge_interval_secs: 60,
             log_purge_batch_len_max: 10_000,
+            processed_events_retention_secs: 14 * 24 * 3600,
+            idempotency_keys_retention_secs: 24 * 3600,
         }
     }
 }
@@ -335,6 +345,16 @@ pub struct BrokerConfig {
     /// Default none.
     #[serde(deserialize_with = "scalar_map")]
     pub kafka_consumer: BTreeMap<String, String>,
+    /// The embedded log deletes records older than this once every group of their
+    /// topic has consumed them. Default 604,800 s (7 days).
+    pub log_retention_secs: u64,
+    /// The embedded log deletes records older than this even if a group has not
+    /// consumed them, and reports each one (the bound on disk when a group is stuck
+    /// or gone). Default 0: never — an unconsumed record waits for its group.
+    pub log_unconsumed_retention_secs: u64,
+    /// The retention of dead-letter topics (`<topic>.dlq`) in the embedded log.
+    /// Default 2,592,000 s (30 days).
+    pub log_dead_letter_retention_secs: u64,
 }
 
 impl Default for BrokerConfig {
@@ -349,6 +369,9 @@ impl Default for BrokerConfig {
             kafka_partitions: 8,
             kafka_producer: BTreeMap::new(),
             kafka_consumer: BTreeMap::new(),
+            log_retention_secs: 7 * 24 * 3600,
+            log_unconsumed_retention_secs: 0,
+            log_dead_letter_retention_secs: 30 * 24 * 3600,
         }
     }
 }

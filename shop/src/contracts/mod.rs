@@ -17,8 +17,11 @@ pub const TOPICS: [&str; 4] = [CATALOG_TOPIC, ORDERS_TOPIC, INVENTORY_TOPIC, PAY
 
 pub mod values;
 
-/// A product was created or changed. `stock`, when present, is the new available
-/// quantity an operator set.
+/// A product was created or changed. `stock`, when present, is the figure an operator
+/// set, and `stock_delta` the difference it made to the figure the catalog showed:
+/// inventory applies the difference, so reservations in flight are kept (an absolute
+/// figure would overwrite them: stock 5, reserve 2, set 5, cancel → 7). Events from
+/// before `stock_delta` carry only `stock`, which inventory then sets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductUpserted {
     pub product_id: String,
@@ -28,6 +31,8 @@ pub struct ProductUpserted {
     pub currency: String,
     #[serde(default)]
     pub stock: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock_delta: Option<i64>,
 }
 
 impl Event for ProductUpserted {

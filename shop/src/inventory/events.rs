@@ -126,8 +126,13 @@ impl TxHandler<ProductUpserted> for Inventory {
         tx: &mut Tx,
     ) -> Result<(), HandlerError> {
         store::track(tx, &event.product_id).await?;
-        if let Some(available) = event.stock {
-            let level = store::set(tx, &event.product_id, available).await?;
+        let level = match (event.stock_delta, event.stock) {
+            (Some(delta), _) => Some(store::add_clamped(tx, &event.product_id, delta).await?),
+            // An event from before `stock_delta`: the figure is all there is.
+            (None, Some(available)) => Some(store::set(tx, &event.product_id, available).await?),
+            (None, None) => None,
+        };
+        if let Some(level) = level {
             self.announce(tx, &event.product_id, level, envelope)
                 .await?;
         }

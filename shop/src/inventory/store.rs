@@ -68,6 +68,18 @@ pub async fn set(tx: &mut Tx, product_id: &str, available: i64) -> Result<StockL
     level(&row)
 }
 
+/// Adds an operator's `delta` to the available stock, stopping at 0 (an operator
+/// taking away more than is left leaves none).
+pub async fn add_clamped(tx: &mut Tx, product_id: &str, delta: i64) -> Result<StockLevel, Error> {
+    let row = sqlx::query("UPDATE stock SET available = CASE WHEN available + $1 < 0 THEN 0 ELSE available + $1 END, version = version + 1 WHERE product_id = $2 RETURNING available, version")
+        .bind(delta)
+        .bind(product_id)
+        .fetch_one(tx.conn())
+        .await
+        .map_err(|e| classify("cannot change stock", e))?;
+    level(&row)
+}
+
 /// Adds `delta` to the available stock if the result stays ≥ 0 (one statement, so two
 /// orders racing for the last unit cannot both take it); `None` when stock is short.
 pub async fn adjust(

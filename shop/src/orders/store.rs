@@ -142,6 +142,22 @@ pub async fn claim_key(
     Ok(claimed.rows_affected() == 1)
 }
 
+/// Forgets idempotency keys claimed before `before`, at most `batch_len_max`; returns
+/// how many went.
+pub async fn purge_idempotency_keys(
+    db: &eddy_sql::Db,
+    before: Timestamp,
+    batch_len_max: i64,
+) -> Result<u64, Error> {
+    let purged = sqlx::query("DELETE FROM idempotency_keys WHERE idempotency_key IN (SELECT idempotency_key FROM idempotency_keys WHERE created_at_us < $1 LIMIT $2)")
+        .bind(before.micros())
+        .bind(batch_len_max)
+        .execute(db.pool())
+        .await
+        .map_err(read("cannot purge idempotency keys"))?;
+    Ok(purged.rows_affected())
+}
+
 /// Stores a new, pending order and its lines.
 pub async fn insert(
     tx: &mut Tx,

@@ -30,7 +30,15 @@ impl Broker {
                 let log = Log::open(
                     super::open_db(config, Database::Log).await?,
                     LogConfig {
-                        instance_id: Some(config.instance_id.clone()),
+                        instance_id: Some(config.instance_name()),
+                        retention: Duration::from_secs(config.broker.log_retention_secs),
+                        unconsumed_retention: match config.broker.log_unconsumed_retention_secs {
+                            0 => None,
+                            secs => Some(Duration::from_secs(secs)),
+                        },
+                        dead_letter_retention: Duration::from_secs(
+                            config.broker.log_dead_letter_retention_secs,
+                        ),
                         ..LogConfig::default()
                     },
                 )
@@ -123,13 +131,20 @@ impl Broker {
     }
 
     /// Deletes what the embedded log keeps past its retention (other brokers do their
-    /// own).
+    /// own), and exports the log's counters of records dropped unconsumed
+    /// (`log_records_dropped_unconsumed_total`) and found missing by a group
+    /// (`log_records_missing_total`).
     // Without the nats and kafka features the embedded log is the only broker.
     #[allow(irrefutable_let_patterns)]
     pub async fn purge_expired(&self, batch_len_max: u64) {
         if let Broker::Embedded(log) = self {
             let batch = i64::try_from(batch_len_max).unwrap_or(i64::MAX);
-            if let Err(error) = log.purge_expired(batch).await {
+            let purged = log.purge_expired(batch).await;
+            let stats = log.stats();
+            metrics::counter!("log_records_dropped_unconsumed_total")
+                .absolute(stats.dropped_unconsumed());
+            metrics::counter!("log_records_missing_total").absolute(stats.holes_seen());
+            if let Err(error) = purged {
                 tracing::warn!(%error, "log retention purge failed");
             }
         }

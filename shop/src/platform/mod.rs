@@ -201,15 +201,16 @@ fn start_workers(
             ));
         }
     }
-    workers.extend(start_upkeep(config, exporter, broker, stop));
+    workers.extend(start_upkeep(config, exporter, broker, services, stop));
     Ok(Running { workers, routes })
 }
 
-/// The metrics exporter and the embedded log's retention.
+/// The metrics exporter and retention.
 fn start_upkeep(
     config: &Config,
     exporter: Exporter,
     broker: &Broker,
+    services: &[ServiceDb],
     stop: &CancellationToken,
 ) -> [Worker; 2] {
     let interval = Duration::from_millis(config.maintenance.metrics_interval_ms);
@@ -224,8 +225,13 @@ fn start_upkeep(
             }),
         ),
         (
-            "log retention".to_owned(),
-            tokio::spawn(purge_log(config, broker.clone(), stop.clone())),
+            "retention".to_owned(),
+            tokio::spawn(purge_expired(
+                config,
+                broker.clone(),
+                services.to_vec(),
+                stop.clone(),
+            )),
         ),
     ]
 }
@@ -275,20 +281,31 @@ where
     (name, task)
 }
 
-/// Deletes the embedded log's expired records every `maintenance.log_purge_interval_secs`.
-fn purge_log(
+/// Every `maintenance.log_purge_interval_secs`, deletes what is past its retention:
+/// the embedded log's records, and each service's processed-event records (and
+/// orders' idempotency keys).
+fn purge_expired(
     config: &Config,
     broker: Broker,
+    services: Vec<ServiceDb>,
     stop: CancellationToken,
 ) -> impl std::future::Future<Output = Result<(), eddy_core::Error>> {
     let interval = Duration::from_secs(config.maintenance.log_purge_interval_secs);
     let batch_len_max = config.maintenance.log_purge_batch_len_max;
+    let config = config.clone();
     async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let batch = i64::try_from(batch_len_max).unwrap_or(i64::MAX);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
-                _ = tick.tick() => broker.purge_expired(batch_len_max).await,
+                _ = tick.tick() => {}
+            }
+            broker.purge_expired(batch_len_max).await;
+            for service in &services {
+                if let Err(error) = services::purge(service, &config, batch).await {
+                    tracing::warn!(service = %service.name, %error, "retention purge failed");
+                }
             }
         }
     }
