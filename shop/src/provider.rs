@@ -1,12 +1,14 @@
 //! The simulated payment provider: a separate HTTP service with configurable latency,
 //! decline rate and error rate. `POST /v1/charges` with an `Idempotency-Key` header
-//! answers a repeated key with the first answer, as real providers do.
+//! answers a repeated key with the first answer, as real providers do;
+//! `GET /v1/charges/{key}` tells what became of a key (404: it never arrived), and
+//! `POST /v1/charges/{key}/refund` refunds a captured charge (idempotent too).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -42,6 +44,7 @@ pub struct ChargeRequest {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChargeAnswer {
     pub id: String,
+    /// `captured`, `declined` or `refunded`.
     pub status: &'static str,
     pub amount_cents: i64,
     pub currency: String,
@@ -65,6 +68,8 @@ impl Provider {
     pub fn router(self) -> Router {
         Router::new()
             .route("/v1/charges", post(charge))
+            .route("/v1/charges/{key}", get(look_up))
+            .route("/v1/charges/{key}/refund", post(refund))
             .route("/health", get(|| async { "ok" }))
             .with_state(self)
     }
@@ -98,6 +103,21 @@ async fn charge(
     if let Some((status, answer)) = provider.remembered(&key) {
         return (status, Json(answer)).into_response();
     }
+    // As a real provider, finish a charge once it arrived even if the caller hangs up
+    // (it timed out): the money moves, and the answer waits under its key.
+    match tokio::spawn(decide(provider, key, request)).await {
+        Ok(response) => response,
+        Err(error) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "provider-failed",
+            "The simulated provider failed",
+            Some(error.to_string()),
+        ),
+    }
+}
+
+/// The provider's decision on a new charge, after its latency.
+async fn decide(provider: Provider, key: String, request: ChargeRequest) -> Response {
     tokio::time::sleep(Duration::from_millis(provider.config.latency_ms)).await;
     let (error, declined) = {
         let mut rng = provider.rng.lock().unwrap_or_else(|p| p.into_inner());
@@ -124,6 +144,45 @@ async fn charge(
     // Two racing requests with one key: the first remembered answer wins for both.
     let (status, answer) = provider.remember(key, StatusCode::CREATED, answer);
     (status, Json(answer)).into_response()
+}
+
+/// What became of the charge with this idempotency key; 404 when no request with it
+/// arrived (or it is older than the keys the provider remembers).
+async fn look_up(State(provider): State<Provider>, Path(key): Path<String>) -> Response {
+    match provider.remembered(&key) {
+        Some((_, answer)) => Json(answer).into_response(),
+        None => unknown_charge(),
+    }
+}
+
+/// Refunds a captured charge; refunding it again answers the same. A declined charge
+/// took no money: 409.
+async fn refund(State(provider): State<Provider>, Path(key): Path<String>) -> Response {
+    let mut answers = provider.answers.lock().unwrap_or_else(|p| p.into_inner());
+    let Some((_, answer)) = answers.by_key.get_mut(&key) else {
+        return unknown_charge();
+    };
+    match answer.status {
+        "captured" | "refunded" => {
+            answer.status = "refunded";
+            Json(answer.clone()).into_response()
+        }
+        _ => problem(
+            StatusCode::CONFLICT,
+            "not-captured",
+            "Only a captured charge can be refunded",
+            None,
+        ),
+    }
+}
+
+fn unknown_charge() -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "unknown-charge",
+        "No charge with this idempotency key",
+        None,
+    )
 }
 
 impl Provider {

@@ -166,4 +166,26 @@ pub struct Contribution {
     pub routes: Option<utoipa_axum::router::OpenApiRouter>,
     /// Its consumers; the group is the service's name.
     pub subscriptions: Vec<Subscription>,
+    /// Work it does on a timer (ending sagas that went quiet, reconciling with the
+    /// payment provider).
+    pub sweeps: Vec<Sweep>,
+}
+
+/// What one sweep did: how many items it finished.
+pub type SweepFuture = futures::future::BoxFuture<'static, Result<u64, eddy_core::Error>>;
+
+/// Periodic work of a service: `run` every `interval`, supervised like a consumer.
+pub struct Sweep {
+    pub name: &'static str,
+    pub interval: std::time::Duration,
+    pub run: Arc<dyn Fn() -> SweepFuture + Send + Sync>,
+}
+
+impl std::fmt::Debug for Sweep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sweep")
+            .field("name", &self.name)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
 }

@@ -18,5 +18,6 @@ pub fn contribute(ctx: &ServiceContext<'_>) -> anyhow::Result<Contribution> {
     Ok(Contribution {
         routes: Some(http::router().with_state(ctx.service.clone())),
         subscriptions: events::subscriptions(ctx)?,
+        sweeps: Vec::new(),
     })
 }

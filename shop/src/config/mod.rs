@@ -40,6 +40,7 @@ pub struct Config {
     pub payments: PaymentsConfig,
     pub notifications: NotificationsConfig,
     pub inventory: InventoryConfig,
+    pub orders: OrdersConfig,
     pub consumer: ConsumerSettings,
     pub relay: RelaySettings,
     pub maintenance: MaintenanceConfig,
@@ -63,6 +64,7 @@ impl Default for Config {
             payments: PaymentsConfig::default(),
             notifications: NotificationsConfig::default(),
             inventory: InventoryConfig::default(),
+            orders: OrdersConfig::default(),
             consumer: ConsumerSettings::default(),
             relay: RelaySettings::default(),
             maintenance: MaintenanceConfig::default(),
@@ -147,6 +149,21 @@ impl Config {
                 problems.push(format!("{name} must be at least 1"));
             }
         }
+        let budget_secs = self.payments.charge_budget_ms.div_ceil(1000);
+        if self.payments.reconcile_after_secs <= 2 * budget_secs {
+            problems.push(format!(
+                "payments.reconcile_after_secs ({}) must exceed twice payments.charge_budget_ms ({} s)",
+                self.payments.reconcile_after_secs, budget_secs
+            ));
+        }
+        let reconciled_by =
+            self.payments.reconcile_after_secs + 2 * self.maintenance.saga_sweep_interval_secs;
+        if self.orders.pending_timeout_secs <= reconciled_by {
+            problems.push(format!(
+                "orders.pending_timeout_secs ({}) must exceed payments.reconcile_after_secs plus two saga sweeps ({reconciled_by} s)",
+                self.orders.pending_timeout_secs
+            ));
+        }
         if self.services.is_empty() {
             problems.push("services must name at least one service".to_owned());
         }
@@ -163,7 +180,7 @@ impl Config {
     }
 
     /// Settings where 0 would stall or refuse everything.
-    fn positive_settings(&self) -> [(&'static str, u64); 20] {
+    fn positive_settings(&self) -> [(&'static str, u64); 22] {
         let size = |n: usize| n as u64;
         [
             (
@@ -223,6 +240,14 @@ impl Config {
             (
                 "maintenance.idempotency_keys_retention_secs",
                 self.maintenance.idempotency_keys_retention_secs,
+            ),
+            (
+                "maintenance.saga_sweep_interval_secs",
+                self.maintenance.saga_sweep_interval_secs,
+            ),
+            (
+                "maintenance.saga_sweep_len_max",
+                self.maintenance.saga_sweep_len_max,
             ),
             (
                 "broker.kafka_partitions",

@@ -136,6 +136,12 @@ pub struct PaymentsConfig {
     /// Time budget of one charge (all its attempts) when the event carries no deadline.
     /// Default 5 s.
     pub charge_budget_ms: u64,
+    /// A charge still pending this long after it was recorded is settled by asking the
+    /// provider what became of it (its idempotency key is the order id): a charge
+    /// whose event was dead-lettered, or whose answer was lost, ends all the same. No
+    /// charge is sent to the provider this late, so the answer cannot change after.
+    /// Must exceed twice `charge_budget_ms`. Default 60 s.
+    pub reconcile_after_secs: u64,
 }
 
 impl Default for PaymentsConfig {
@@ -146,6 +152,26 @@ impl Default for PaymentsConfig {
             provider_concurrency_max: 64,
             provider_queue_max: 256,
             charge_budget_ms: 5_000,
+            reconcile_after_secs: 60,
+        }
+    }
+}
+
+/// Orders' saga.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrdersConfig {
+    /// An order still pending this long after it was placed is cancelled
+    /// (`timed_out`): its stock is released and any charge refunded. The way out for
+    /// an order whose events were dead-lettered. Must exceed
+    /// `payments.reconcile_after_secs` plus two sweeps. Default 600 s.
+    pub pending_timeout_secs: u64,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        Self {
+            pending_timeout_secs: 600,
         }
     }
 }
@@ -249,6 +275,11 @@ pub struct MaintenanceConfig {
     /// How long orders remembers an `Idempotency-Key` (a retry with the same key
     /// after this is a new order). Default 86,400 s (24 hours, as Stripe keeps keys).
     pub idempotency_keys_retention_secs: u64,
+    /// How often orders looks for overdue orders and payments for charges to
+    /// reconcile. Default 10 s.
+    pub saga_sweep_interval_secs: u64,
+    /// Items one sweep finishes at most. Default 500.
+    pub saga_sweep_len_max: u64,
 }
 
 impl Default for MaintenanceConfig {
@@ -259,6 +290,8 @@ impl Default for MaintenanceConfig {
             log_purge_batch_len_max: 10_000,
             processed_events_retention_secs: 14 * 24 * 3600,
             idempotency_keys_retention_secs: 24 * 3600,
+            saga_sweep_interval_secs: 10,
+            saga_sweep_len_max: 500,
         }
     }
 }

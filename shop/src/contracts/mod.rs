@@ -171,3 +171,19 @@ impl Event for PaymentDeclined {
         self.order_id.clone()
     }
 }
+
+/// A captured charge was refunded because its order was cancelled (it timed out while
+/// the payment went through).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub order_id: String,
+    pub charge_id: String,
+    pub amount_cents: i64,
+}
+
+impl Event for PaymentRefunded {
+    const TYPE: &'static str = "payments.PaymentRefunded";
+    fn key(&self) -> String {
+        self.order_id.clone()
+    }
+}

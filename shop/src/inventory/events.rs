@@ -148,6 +148,12 @@ impl TxHandler<OrderPlaced> for Inventory {
         envelope: &Envelope,
         tx: &mut Tx,
     ) -> Result<(), HandlerError> {
+        if store::seen(tx, &event.order_id).await? {
+            // Reserved before, or cancelled before it got here (its OrderPlaced was
+            // dead-lettered and redriven after the order timed out): nothing to take.
+            tracing::info!(order_id = %event.order_id, "order already reserved or cancelled; nothing to reserve");
+            return Ok(());
+        }
         let wanted = domain::wanted(
             event
                 .lines
@@ -201,6 +207,9 @@ impl TxHandler<OrderCancelled> for Inventory {
     ) -> Result<(), HandlerError> {
         let released =
             store::finish_reservations(tx, &event.order_id, ReservationState::Released).await?;
+        if released.is_empty() && !store::seen(tx, &event.order_id).await? {
+            store::tombstone(tx, &event.order_id).await?;
+        }
         for (product_id, quantity) in released {
             self.adjust(tx, &product_id, quantity, envelope).await?;
         }

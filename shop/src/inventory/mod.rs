@@ -17,5 +17,6 @@ pub fn contribute(ctx: &ServiceContext<'_>) -> anyhow::Result<Contribution> {
     Ok(Contribution {
         routes: None,
         subscriptions: events::subscriptions(ctx)?,
+        sweeps: Vec::new(),
     })
 }

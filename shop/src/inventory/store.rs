@@ -135,3 +135,27 @@ pub async fn finish_reservations(
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(|e| classify("reservation row", e))
 }
+
+/// Whether `order_id` has ever held stock here, or was cancelled before it did.
+pub async fn seen(tx: &mut Tx, order_id: &str) -> Result<bool, Error> {
+    let row: Option<i64> =
+        sqlx::query_scalar("SELECT quantity FROM reservations WHERE order_id = $1 LIMIT 1")
+            .bind(order_id)
+            .fetch_optional(tx.conn())
+            .await
+            .map_err(|e| classify("cannot read reservations", e))?;
+    Ok(row.is_some())
+}
+
+/// Marks `order_id` as cancelled before it reserved anything (a row of no product
+/// and no quantity), so an `OrderPlaced` arriving after its cancellation (redriven
+/// from the dead letters) reserves nothing.
+pub async fn tombstone(tx: &mut Tx, order_id: &str) -> Result<(), Error> {
+    sqlx::query("INSERT INTO reservations (order_id, product_id, quantity, state) VALUES ($1, '', 0, $2) ON CONFLICT DO NOTHING")
+        .bind(order_id)
+        .bind(ReservationState::Released.as_str())
+        .execute(tx.conn())
+        .await
+        .map_err(|e| classify("cannot record the cancellation", e))?;
+    Ok(())
+}

@@ -238,6 +238,9 @@ pub enum CancelReason {
     PaymentDeclined,
     /// The provider could not be asked, or refused the request itself.
     PaymentFailed,
+    /// Still pending after `orders.pending_timeout_secs`: an event of its saga was
+    /// dead-lettered or lost.
+    TimedOut,
     /// A reason a newer service sent that this version does not know; kept as sent
     /// (a tolerant reader: the order is cancelled all the same).
     Other(String),
@@ -251,6 +254,7 @@ impl CancelReason {
             "unknown_product" => CancelReason::UnknownProduct,
             "payment_declined" => CancelReason::PaymentDeclined,
             "payment_failed" => CancelReason::PaymentFailed,
+            "timed_out" => CancelReason::TimedOut,
             other => CancelReason::Other(other.to_owned()),
         }
     }
@@ -261,6 +265,7 @@ impl CancelReason {
             CancelReason::UnknownProduct => "unknown_product",
             CancelReason::PaymentDeclined => "payment_declined",
             CancelReason::PaymentFailed => "payment_failed",
+            CancelReason::TimedOut => "timed_out",
             CancelReason::Other(text) => text,
         }
     }

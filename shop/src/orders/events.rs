@@ -2,6 +2,8 @@
 //! and consumes: the catalog's products (its price copy), inventory's rejections and
 //! payments' outcomes.
 
+use std::sync::Arc;
+
 use eddy_core::{async_trait, Envelope, HandlerError};
 use eddy_sql::{Tx, TxHandler};
 
@@ -12,7 +14,7 @@ use crate::contracts::{
     OrderCancelled, OrderConfirmed, OrderLine, OrderPlaced, PaymentCaptured, PaymentDeclined,
     ProductUpserted, StockRejected, CATALOG_TOPIC, INVENTORY_TOPIC, ORDERS_TOPIC, PAYMENTS_TOPIC,
 };
-use crate::service::{ServiceContext, ServiceDb, Subscription};
+use crate::service::{ServiceContext, ServiceDb, Subscription, Sweep};
 
 /// The announcement of a placed order.
 pub fn placed(id: &OrderId, order: &PricedOrder) -> OrderPlaced {
@@ -72,7 +74,7 @@ impl Settle {
         tx: &mut Tx,
         order_id: &str,
         outcome: Outcome,
-        cause: &Envelope,
+        cause: Option<&Envelope>,
     ) -> Result<(), HandlerError> {
         let Some(settled) = store::settle(tx, order_id, &outcome, self.service.now()).await? else {
             return Ok(());
@@ -86,9 +88,7 @@ impl Settle {
                     total_cents: settled.total_cents,
                     currency: settled.currency,
                 };
-                self.service
-                    .emit(tx, ORDERS_TOPIC, &event, Some(cause))
-                    .await?;
+                self.service.emit(tx, ORDERS_TOPIC, &event, cause).await?;
             }
             Outcome::Cancelled(reason) => {
                 let event = OrderCancelled {
@@ -96,9 +96,7 @@ impl Settle {
                     customer_id: settled.customer_id,
                     reason: reason.as_str().to_owned(),
                 };
-                self.service
-                    .emit(tx, ORDERS_TOPIC, &event, Some(cause))
-                    .await?;
+                self.service.emit(tx, ORDERS_TOPIC, &event, cause).await?;
             }
         }
         Ok(())
@@ -118,8 +116,13 @@ impl TxHandler<StockRejected> for Settle {
             .reason
             .as_deref()
             .map_or(CancelReason::OutOfStock, CancelReason::parse);
-        self.settle(tx, &event.order_id, Outcome::Cancelled(reason), envelope)
-            .await
+        self.settle(
+            tx,
+            &event.order_id,
+            Outcome::Cancelled(reason),
+            Some(envelope),
+        )
+        .await
     }
 }
 
@@ -131,7 +134,7 @@ impl TxHandler<PaymentCaptured> for Settle {
         envelope: &Envelope,
         tx: &mut Tx,
     ) -> Result<(), HandlerError> {
-        self.settle(tx, &event.order_id, Outcome::Confirmed, envelope)
+        self.settle(tx, &event.order_id, Outcome::Confirmed, Some(envelope))
             .await
     }
 }
@@ -145,9 +148,72 @@ impl TxHandler<PaymentDeclined> for Settle {
         tx: &mut Tx,
     ) -> Result<(), HandlerError> {
         let reason = CancelReason::parse(&event.reason);
-        self.settle(tx, &event.order_id, Outcome::Cancelled(reason), envelope)
-            .await
+        self.settle(
+            tx,
+            &event.order_id,
+            Outcome::Cancelled(reason),
+            Some(envelope),
+        )
+        .await
     }
+}
+
+/// Cancels orders still pending `orders.pending_timeout_secs` after they were placed
+/// (`timed_out`), each in its own transaction with its `OrderCancelled`: inventory then
+/// releases the stock and payments refunds or voids the charge. Returns how many.
+pub async fn time_out_overdue(
+    settle: &Settle,
+    timeout: std::time::Duration,
+    limit: i64,
+) -> Result<u64, eddy_core::Error> {
+    let service = &settle.service;
+    let age = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
+    let before = Timestamp::from_micros(service.now().micros().saturating_sub(age));
+    let overdue = {
+        let mut conn = service
+            .db
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| eddy_sql::classify("cannot look for overdue orders", e))?;
+        store::overdue(&mut conn, before, limit).await?
+    };
+    let mut cancelled = 0;
+    for order_id in overdue {
+        let mut tx = service.db.begin().await?;
+        settle
+            .settle(
+                &mut tx,
+                &order_id,
+                Outcome::Cancelled(CancelReason::TimedOut),
+                None,
+            )
+            .await
+            .map_err(|e| {
+                eddy_core::Error::transient(format!("cannot time out order {order_id}: {e}"))
+            })?;
+        tx.commit().await?;
+        tracing::warn!(%order_id, "order still pending after its timeout; cancelled (timed_out)");
+        cancelled += 1;
+    }
+    Ok(cancelled)
+}
+
+/// Orders' sweep: [`time_out_overdue`] every `maintenance.saga_sweep_interval_secs`.
+pub fn sweeps(ctx: &ServiceContext<'_>) -> Vec<Sweep> {
+    let settle = Settle {
+        service: ctx.service.clone(),
+    };
+    let timeout = std::time::Duration::from_secs(ctx.config.orders.pending_timeout_secs);
+    let limit = i64::try_from(ctx.config.maintenance.saga_sweep_len_max).unwrap_or(i64::MAX);
+    vec![Sweep {
+        name: "orders timeout",
+        interval: std::time::Duration::from_secs(ctx.config.maintenance.saga_sweep_interval_secs),
+        run: Arc::new(move || {
+            let settle = settle.clone();
+            Box::pin(async move { time_out_overdue(&settle, timeout, limit).await })
+        }),
+    }]
 }
 
 pub fn subscriptions(ctx: &ServiceContext<'_>) -> anyhow::Result<Vec<Subscription>> {

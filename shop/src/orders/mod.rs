@@ -19,5 +19,6 @@ pub fn contribute(ctx: &ServiceContext<'_>) -> anyhow::Result<Contribution> {
     Ok(Contribution {
         routes: Some(http::router().with_state(ctx.service.clone())),
         subscriptions: events::subscriptions(ctx)?,
+        sweeps: events::sweeps(ctx),
     })
 }

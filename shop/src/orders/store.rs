@@ -229,6 +229,24 @@ pub async fn settle(
     .map_err(read("order row"))
 }
 
+/// Up to `limit` ids of orders still pending that were placed before `before`, oldest
+/// first.
+pub async fn overdue(
+    conn: &mut AnyConnection,
+    before: Timestamp,
+    limit: i64,
+) -> Result<Vec<String>, Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM orders WHERE status = $1 AND created_at_us < $2 ORDER BY created_at_us LIMIT $3",
+    )
+    .bind(OrderStatus::Pending.as_str())
+    .bind(before.micros())
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+    .map_err(read("cannot look for overdue orders"))
+}
+
 /// Up to `limit` orders of `customer_id` older than `cursor` (or the newest), newest
 /// first, and whether more follow.
 pub async fn page(

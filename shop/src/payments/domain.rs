@@ -10,8 +10,12 @@ pub enum ChargeStatus {
     Pending,
     Captured,
     Declined,
-    /// The provider refused the request itself (4xx).
+    /// The provider refused the request itself (4xx), or never received it.
     Failed,
+    /// Captured, then refunded because the order was cancelled.
+    Refunded,
+    /// The order was cancelled before it was charged: it never will be.
+    Voided,
 }
 
 impl ChargeStatus {
@@ -21,6 +25,8 @@ impl ChargeStatus {
             ChargeStatus::Captured => "captured",
             ChargeStatus::Declined => "declined",
             ChargeStatus::Failed => "failed",
+            ChargeStatus::Refunded => "refunded",
+            ChargeStatus::Voided => "voided",
         }
     }
 
@@ -30,6 +36,8 @@ impl ChargeStatus {
             "captured" => Ok(ChargeStatus::Captured),
             "declined" => Ok(ChargeStatus::Declined),
             "failed" => Ok(ChargeStatus::Failed),
+            "refunded" => Ok(ChargeStatus::Refunded),
+            "voided" => Ok(ChargeStatus::Voided),
             other => Err(Invalid::new(
                 "invalid-status",
                 format!("unknown charge status {other:?}"),
@@ -51,6 +59,17 @@ pub enum ChargeOutcome {
     Rejected {
         detail: String,
     },
+}
+
+/// What the provider knows of a charge, asked by its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderRecord {
+    /// It settled as this (`Captured` or `Declined`).
+    Settled(ChargeOutcome),
+    /// It was captured and refunded since.
+    Refunded { provider_id: String },
+    /// No request with this key reached the provider.
+    Unknown,
 }
 
 /// Why a charge did not go through, as `PaymentDeclined` says it.
@@ -138,9 +157,11 @@ mod tests {
             ChargeStatus::Captured,
             ChargeStatus::Declined,
             ChargeStatus::Failed,
+            ChargeStatus::Refunded,
+            ChargeStatus::Voided,
         ] {
             assert_eq!(ChargeStatus::parse(s.as_str()).unwrap(), s);
         }
-        assert!(ChargeStatus::parse("refunded").is_err());
+        assert!(ChargeStatus::parse("charged").is_err());
     }
 }

@@ -12,7 +12,7 @@ use eddy_resilience::{
 use serde::{Deserialize, Serialize};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
-use super::domain::ChargeOutcome;
+use super::domain::{ChargeOutcome, ProviderRecord};
 
 /// One charge request to the provider. Always carries an idempotency key (the order
 /// id), which is what makes retrying it safe.
@@ -132,6 +132,82 @@ pub struct ProviderLimits {
     pub queue_max: usize,
 }
 
+#[derive(Debug, Deserialize)]
+struct RecordResponse {
+    id: String,
+    status: String,
+}
+
+/// The provider's record of a charge by its idempotency key, and refunds: background
+/// calls of the reconciler, bounded by `timeout`, outside the request path's layers.
+#[derive(Debug, Clone)]
+struct Records {
+    http: reqwest::Client,
+    base_url: Arc<str>,
+    timeout: Duration,
+}
+
+impl Records {
+    fn failed(&self, what: &str, error: impl std::fmt::Display) -> HandlerError {
+        HandlerError::transient(ProviderFailed(format!("{what}: {error}")))
+    }
+
+    async fn look_up(&self, key: &str) -> Result<ProviderRecord, HandlerError> {
+        let response = self
+            .http
+            .get(format!("{}/v1/charges/{key}", self.base_url))
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| self.failed("payment provider unreachable", e))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(ProviderRecord::Unknown);
+        }
+        if !response.status().is_success() {
+            return Err(self.failed("charge lookup answered", response.status()));
+        }
+        let body: RecordResponse = response
+            .json()
+            .await
+            .map_err(|e| self.failed("unreadable charge record", e))?;
+        match body.status.as_str() {
+            "captured" => Ok(ProviderRecord::Settled(ChargeOutcome::Captured {
+                provider_id: body.id,
+            })),
+            "declined" => Ok(ProviderRecord::Settled(ChargeOutcome::Declined {
+                provider_id: body.id,
+            })),
+            "refunded" => Ok(ProviderRecord::Refunded {
+                provider_id: body.id,
+            }),
+            other => Err(self.failed("charge record with the unknown status", other)),
+        }
+    }
+
+    async fn refund(&self, key: &str) -> Result<(), HandlerError> {
+        let response = self
+            .http
+            .post(format!("{}/v1/charges/{key}/refund", self.base_url))
+            .header("idempotency-key", format!("refund-{key}"))
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| self.failed("payment provider unreachable", e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        if status.is_client_error() {
+            // Not captured, or unknown: there is nothing to give back, and asking again
+            // will not change that.
+            return Err(HandlerError::permanent(ProviderFailed(format!(
+                "refund of charge {key} refused: {status}"
+            ))));
+        }
+        Err(self.failed("refund answered", status))
+    }
+}
+
 /// The payment provider behind Eddy's defences: a bulkhead (`concurrency_max` calls at
 /// once, `queue_max` waiting), budgeted retries (2 attempts, at most 10 % extra calls),
 /// a circuit breaker (5 failures in 60 s open it for 30 s) and a deadline (each attempt
@@ -140,6 +216,7 @@ pub struct ProviderLimits {
 pub struct ProviderClient {
     service: tower::util::BoxCloneSyncService<ChargeCall, ChargeOutcome, BoxError>,
     breaker: CircuitBreaker,
+    records: Records,
 }
 
 impl std::fmt::Debug for ProviderClient {
@@ -174,19 +251,33 @@ impl ProviderClient {
             .layer(DeadlineLayer {
                 call_max: limits.timeout,
                 ..DeadlineLayer::default()
-            })
-            .service(HttpProvider {
-                http,
-                base_url: Arc::from(base_url.into().trim_end_matches('/')),
             });
+        let base_url: Arc<str> = Arc::from(base_url.into().trim_end_matches('/'));
+        let records = Records {
+            http: http.clone(),
+            base_url: base_url.clone(),
+            timeout: limits.timeout,
+        };
+        let service = service.service(HttpProvider { http, base_url });
         Ok(Self {
             service: tower::util::BoxCloneSyncService::new(service),
             breaker,
+            records,
         })
     }
 
     pub fn breaker(&self) -> &CircuitBreaker {
         &self.breaker
+    }
+
+    /// What the provider knows of the charge with `idempotency_key`.
+    pub async fn look_up(&self, idempotency_key: &str) -> Result<ProviderRecord, HandlerError> {
+        self.records.look_up(idempotency_key).await
+    }
+
+    /// Refunds the captured charge with `idempotency_key` (again: the same answer).
+    pub async fn refund(&self, idempotency_key: &str) -> Result<(), HandlerError> {
+        self.records.refund(idempotency_key).await
     }
 
     /// Charges `amount_cents`; `idempotency_key` makes a repeated call return the first

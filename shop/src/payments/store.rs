@@ -104,14 +104,80 @@ pub async fn settle(
     Ok(settled.rows_affected() == 1)
 }
 
-/// The charges of `order_id`, oldest first.
+/// The charges of `order_id`, oldest first (a voided one is the record that it never
+/// will be charged, not a charge: left out).
 pub async fn of_order(pool: &sqlx::AnyPool, order_id: &str) -> Result<Vec<Charge>, Error> {
     let rows = sqlx::query(select_charges!(
-        "WHERE order_id = $1 ORDER BY created_at_us"
+        "WHERE order_id = $1 AND status <> $2 ORDER BY created_at_us"
     ))
     .bind(order_id)
+    .bind(ChargeStatus::Voided.as_str())
     .fetch_all(pool)
     .await
     .map_err(|e| classify("cannot list charges", e))?;
     rows.iter().map(charge).collect()
+}
+
+/// The charge of `order_id`, if it has one.
+pub async fn find(tx: &mut Tx, order_id: &str) -> Result<Option<Charge>, Error> {
+    let row = sqlx::query(select_charges!("WHERE order_id = $1"))
+        .bind(order_id)
+        .fetch_optional(tx.conn())
+        .await
+        .map_err(|e| classify("cannot read the charge", e))?;
+    row.as_ref().map(charge).transpose()
+}
+
+/// Up to `limit` charges still pending that were recorded before `before`, oldest
+/// first: the reconciler's work.
+pub async fn pending_before(
+    pool: &sqlx::AnyPool,
+    before: Timestamp,
+    limit: i64,
+) -> Result<Vec<Charge>, Error> {
+    let rows = sqlx::query(select_charges!(
+        "WHERE status = $1 AND created_at_us < $2 ORDER BY created_at_us LIMIT $3"
+    ))
+    .bind(ChargeStatus::Pending.as_str())
+    .bind(before.micros())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| classify("cannot look for pending charges", e))?;
+    rows.iter().map(charge).collect()
+}
+
+/// Records that `order_id` must never be charged (it was cancelled first); false when
+/// it already has a charge.
+pub async fn void(tx: &mut Tx, order_id: &str, now: Timestamp) -> Result<bool, Error> {
+    let voided = sqlx::query("INSERT INTO charges (id, order_id, amount_cents, currency, status, reason, created_at_us, updated_at_us) VALUES ($1, $2, 0, '', $3, 'order_cancelled', $4, $4) ON CONFLICT (order_id) DO NOTHING")
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(order_id)
+        .bind(ChargeStatus::Voided.as_str())
+        .bind(now.micros())
+        .execute(tx.conn())
+        .await
+        .map_err(|e| classify("cannot void the charge", e))?;
+    Ok(voided.rows_affected() == 1)
+}
+
+/// Moves the charge of `order_id` from `from` to `to`; false when it was not in `from`.
+pub async fn transition(
+    tx: &mut Tx,
+    order_id: &str,
+    from: ChargeStatus,
+    to: ChargeStatus,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let moved = sqlx::query(
+        "UPDATE charges SET status = $1, updated_at_us = $2 WHERE order_id = $3 AND status = $4",
+    )
+    .bind(to.as_str())
+    .bind(now.micros())
+    .bind(order_id)
+    .bind(from.as_str())
+    .execute(tx.conn())
+    .await
+    .map_err(|e| classify("cannot update the charge", e))?;
+    Ok(moved.rows_affected() == 1)
 }

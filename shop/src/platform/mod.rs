@@ -36,7 +36,7 @@ pub use http::platform_layers;
 use crate::config::{Config, Database};
 use crate::problem::problem;
 use crate::provider;
-use crate::service::{ServiceContext, ServiceDb, Subscription};
+use crate::service::{ServiceContext, ServiceDb, Subscription, Sweep};
 
 /// How long a worker may take to stop beyond the drain timeout it was given.
 const WORKER_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -189,6 +189,16 @@ fn start_workers(
         if let Some(service_routes) = contribution.routes {
             routes = routes.merge(service_routes);
         }
+        for sweep in contribution.sweeps {
+            let stopping = stop.clone();
+            let sweep = Arc::new(sweep);
+            workers.push(supervised(
+                format!("{name} {}", sweep.name),
+                health,
+                stop,
+                move || run_sweep(sweep.clone(), stopping.clone()),
+            ));
+        }
         for subscription in contribution.subscriptions {
             workers.push(start_consumer(
                 name,
@@ -262,6 +272,26 @@ fn start_consumer(
         stop,
         move || consumer.clone().run(stopping.clone()),
     )
+}
+
+/// Runs `sweep` every `sweep.interval` until `stop`; a failed round is logged and the
+/// next one tries again.
+async fn run_sweep(sweep: Arc<Sweep>, stop: CancellationToken) -> Result<(), eddy_core::Error> {
+    let mut tick = tokio::time::interval(sweep.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        match (sweep.run)().await {
+            Ok(0) => {}
+            Ok(done) => tracing::info!(sweep = sweep.name, done, "sweep finished work"),
+            Err(error) => {
+                tracing::warn!(sweep = sweep.name, %error, "sweep failed; trying again next round")
+            }
+        }
+    }
 }
 
 /// `start` run under [`supervise`]: started again after a backoff whenever it ends

@@ -150,6 +150,27 @@ impl TestApp {
         self._databases[index].url()
     }
 
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// Stops this platform and starts another on the same data directory (SQLite
+    /// files and embedded log), configured by `tweak` over the test settings: the same
+    /// installation with other services, or after a restart.
+    pub async fn restart(mut self, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        if let Some(platform) = self.platform.take() {
+            platform.stop().await.expect("a clean shutdown");
+        }
+        let mut config = test_config(self._dir.path());
+        tweak(&mut config);
+        let platform = shop::platform::start(config)
+            .await
+            .expect("the platform starts again");
+        self.base = format!("http://{}", platform.api_addr);
+        self.platform = Some(platform);
+        self
+    }
+
     pub async fn stop(mut self) {
         if let Some(platform) = self.platform.take() {
             platform.stop().await.expect("a clean shutdown");
