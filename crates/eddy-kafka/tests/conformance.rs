@@ -86,6 +86,7 @@ impl Fixture for KafkaFixture {
             persistence: true,
             consumer_groups: true,
             redelivery: true,
+            ordered_handback: true,
         }
     }
 

@@ -39,6 +39,7 @@ impl Fixture for LogFixture {
             persistence: true,
             consumer_groups: true,
             redelivery: true,
+            ordered_handback: true,
         }
     }
 

@@ -32,9 +32,22 @@
 //! the whole `ack_wait` (seen with nats-server 2.9: the first message handed back went
 //! there, `a_closed_member_leaves_nothing_behind_for_ack_wait` shows it).
 //!
-//! Ordering: one member receives a stream in order, and the runtime keeps per-key order
-//! from there. Several members of one group split the stream without regard to keys (a
-//! JetStream work queue), so strict per-key order across members is not promised.
+//! Ordering — what JetStream guarantees, precisely:
+//!
+//! - one member receives a stream in order, and the runtime keeps per-key order from
+//!   there, retries included (they happen in-process, the key waits);
+//! - a message JetStream delivers *again* — handed back by a closing member, or after
+//!   `ack_wait` when a member died — comes after the newer messages delivered
+//!   meanwhile: per-key order does not survive a hand-back or a crash (the conformance
+//!   case `handback_after_close` shows it: `key-0 went from 9 to 0`; the embedded log
+//!   and Kafka keep it, since a partition moves whole to its next owner);
+//! - several members of one group split the stream without regard to keys (a JetStream
+//!   work queue), so two messages of one key may be handled at once by two members.
+//!
+//! So on NATS handlers must not depend on per-key order: make them commutative or
+//! guard them by a version (the shop's are: stock changes are deltas or versioned,
+//! the catalog copy keeps the newest by event time, and inventory remembers an order
+//! cancelled before its placement arrived — `shop/tests/reordering.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;

@@ -67,6 +67,7 @@ impl Fixture for NatsFixture {
             persistence: true,
             consumer_groups: true,
             redelivery: true,
+            ordered_handback: false,
         }
     }
 

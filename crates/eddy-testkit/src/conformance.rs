@@ -28,6 +28,10 @@ pub struct Capabilities {
     pub consumer_groups: bool,
     /// Uncommitted messages are delivered again after the member goes away.
     pub redelivery: bool,
+    /// What a closing member hands back comes to the next member before the newer
+    /// messages of its keys (per-key order survives a hand-back). JetStream does not
+    /// promise this: it delivers newer messages while the handed-back ones wait.
+    pub ordered_handback: bool,
 }
 
 /// One broker under test. Each call to [`Fixture::topic`] gives a fresh topic.
@@ -445,6 +449,56 @@ pub async fn dead_letters_of_one_event_from_two_groups(fixture: &dyn Fixture) {
         .unwrap_or_else(|e| panic!("close: {e}"));
 }
 
+/// A member closes holding messages it did not commit; the next member gets every
+/// message again — and, where the adapter promises it, each key's in publish order.
+pub async fn handback_after_close(fixture: &dyn Fixture) {
+    let caps = fixture.capabilities();
+    if !(caps.persistence && caps.redelivery) {
+        return skip("handback_after_close", "persistence and redelivery");
+    }
+    let topic = fixture.topic(1).await;
+    let sent = Numbered::interleaved(4, 5);
+    fixture
+        .publisher()
+        .publish(&topic, &sent)
+        .await
+        .unwrap_or_else(|e| panic!("publish: {e}"));
+    let subscriber = fixture.subscriber();
+    let first = subscriber
+        .subscribe(&topic, "handback")
+        .await
+        .unwrap_or_else(|e| panic!("subscribe: {e}"));
+    receive(first.as_ref(), 8, false).await;
+    first.close().await.unwrap_or_else(|e| panic!("close: {e}"));
+    // Newer messages of the same keys, published while the handed-back ones wait.
+    let newer: Vec<_> = (5..10)
+        .flat_map(|seq| (0..4).map(move |key| Numbered::envelope(format!("key-{key}"), seq)))
+        .collect();
+    fixture
+        .publisher()
+        .publish(&topic, &newer)
+        .await
+        .unwrap_or_else(|e| panic!("publish: {e}"));
+    let sent: Vec<_> = sent.into_iter().chain(newer).collect();
+
+    let next = subscriber
+        .subscribe(&topic, "handback")
+        .await
+        .unwrap_or_else(|e| panic!("subscribe: {e}"));
+    if caps.ordered_handback {
+        receive_distinct_in_key_order(next.as_ref(), sent.len()).await;
+    } else {
+        skip("handback_after_close (key order)", "ordered_handback");
+        let mut seen: HashSet<EventId> = HashSet::new();
+        while seen.len() < sent.len() {
+            for delivery in receive(next.as_ref(), 1, true).await {
+                seen.insert(numbered(&delivery).0);
+            }
+        }
+    }
+    next.close().await.unwrap_or_else(|e| panic!("close: {e}"));
+}
+
 /// Writes one `#[tokio::test]` per conformance case for the fixture `$make`
 /// (an expression evaluating to a `Future` of something implementing [`Fixture`]).
 #[macro_export]
@@ -482,6 +536,12 @@ macro_rules! conformance_tests {
             async fn consumer_groups() {
                 let fixture = $make.await;
                 $crate::conformance::consumer_groups(&fixture).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn handback_after_close() {
+                let fixture = $make.await;
+                $crate::conformance::handback_after_close(&fixture).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
