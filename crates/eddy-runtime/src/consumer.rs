@@ -192,8 +192,11 @@ impl Consumer {
         let mut ticker = tokio::time::interval(shared.config.commit_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Commits run outside the `select!`: a commit is never cancelled half-way.
+        // Every `select!` of the runtime is `biased` (stopping first): the same inputs
+        // take the same branches, which the seeded simulation (eddy-sim) relies on.
         let fetch_result = loop {
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break None,
                 result = &mut fetcher => break Some(result),
                 _ = ticker.tick() => {}
@@ -376,6 +379,7 @@ async fn fetch_loop(
                     tracing::error!(%error, ?pause, failures, "fetch failed with a permanent error; retrying");
                 }
                 tokio::select! {
+                    biased;
                     _ = stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(pause) => continue,
                 }
@@ -539,6 +543,7 @@ pub(crate) async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
             }
         };
         tokio::select! {
+            biased;
             _ = shared.abandon.cancelled() => return Outcome::Abandoned,
             _ = shared.stopping.cancelled() => return let_go_for_shutdown(envelope),
             _ = tokio::time::sleep(pause) => {}
@@ -574,6 +579,7 @@ async fn send_dead_letter(shared: &Shared, delivery: &Delivery, failure: &Failur
                 let pause = shared.config.retry.backoff_ceiling(attempt);
                 tracing::error!(%error, ?pause, topic = %shared.dead_letter_topic, "cannot publish a dead letter; retrying");
                 tokio::select! {
+                    biased;
                     _ = shared.abandon.cancelled() => return Outcome::Abandoned,
                     _ = tokio::time::sleep(pause) => {}
                 }
