@@ -130,3 +130,129 @@ async fn a_restart_into_a_changed_group_gives_back_what_is_no_longer_assigned_on
     a_restart_into_a_changed_group_gives_back_what_is_no_longer_assigned(TestDb::postgres().await)
         .await;
 }
+
+/// When the injected failure strikes a heartbeat transaction.
+#[derive(Clone, Copy)]
+enum Strike {
+    /// Every statement succeeds, the commit fails (a deferred constraint trigger) —
+    /// as a deadlock detected late or a connection lost at commit.
+    AtCommit,
+    /// The first statement fails — as a database that cannot be reached.
+    AtOnce,
+}
+
+/// Makes the heartbeat transactions of members whose id starts with `prefix` fail,
+/// while `eddy_test_fail` has a row.
+async fn fail_heartbeats_of(db: &eddy_sql::Db, prefix: &str, strike: Strike) {
+    let trigger = match strike {
+        Strike::AtCommit => "CREATE CONSTRAINT TRIGGER eddy_test_fail_hb AFTER INSERT OR UPDATE ON eddy_log_members \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION eddy_test_fail_commit()",
+        Strike::AtOnce => "CREATE TRIGGER eddy_test_fail_hb BEFORE INSERT OR UPDATE ON eddy_log_members \
+         FOR EACH ROW EXECUTE FUNCTION eddy_test_fail_commit()",
+    };
+    for statement in [
+        "CREATE TABLE eddy_test_fail (on_ BOOLEAN)".to_owned(),
+        format!(
+            "CREATE FUNCTION eddy_test_fail_commit() RETURNS trigger AS $$ BEGIN \
+             IF NEW.member_id LIKE '{prefix}%' AND EXISTS (SELECT 1 FROM eddy_test_fail) THEN \
+             RAISE EXCEPTION 'injected: the heartbeat fails'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+        ),
+        trigger.to_owned(),
+    ] {
+        sqlx::query(&statement).execute(db.pool()).await.unwrap();
+    }
+}
+
+async fn set_failing(db: &eddy_sql::Db, failing: bool) {
+    let statement = if failing {
+        "INSERT INTO eddy_test_fail VALUES (true)"
+    } else {
+        "DELETE FROM eddy_test_fail"
+    };
+    sqlx::query(statement).execute(db.pool()).await.unwrap();
+}
+
+/// m-2 owns the partition and has committed everything; m-1 joins, so m-2 releases it —
+/// but that heartbeat's commit fails. Its lease is still in the table. Once heartbeats
+/// work again m-2 must give it back, not renew it for ever as one it does not serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_commit_failed_is_given_back_later() {
+    let db = TestDb::postgres().await;
+    let owner_log = Log::open(db.db().clone(), config("m-2")).await.unwrap();
+    owner_log.create_topic("t", 1).await.unwrap();
+    fail_heartbeats_of(db.db(), "m-2", Strike::AtCommit).await;
+    owner_log
+        .publish("t", &Numbered::interleaved(1, 2))
+        .await
+        .unwrap();
+    let owner = owner_log.subscribe("t", "g").await.unwrap();
+    receive(owner.as_ref(), 2, true).await;
+
+    set_failing(db.db(), true).await;
+    let joiner_log = Log::open(db.connect_again().await, config("m-1"))
+        .await
+        .unwrap();
+    let joiner = joiner_log.subscribe("t", "g").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    set_failing(db.db(), false).await;
+
+    owner_log
+        .publish("t", &Numbered::interleaved(1, 2))
+        .await
+        .unwrap();
+    let served = tokio::time::timeout(SERVED_WITHIN, receive(joiner.as_ref(), 2, true)).await;
+    assert!(
+        served.is_ok(),
+        "the partition stayed leased to a member that had let it go"
+    );
+    joiner.close().await.unwrap();
+    owner.close().await.unwrap();
+}
+
+/// A member whose heartbeats fail for longer than a session may have lost its
+/// partitions to another member: it must not fetch them meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_heartbeats_fail_stops_fetching() {
+    let db = TestDb::postgres().await;
+    let short = |instance: &str| LogConfig {
+        session_timeout: Duration::from_millis(1_000),
+        heartbeat_interval: Duration::from_millis(100),
+        ..config(instance)
+    };
+    let cut_off_log = Log::open(db.db().clone(), short("m-1")).await.unwrap();
+    cut_off_log.create_topic("t", 1).await.unwrap();
+    fail_heartbeats_of(db.db(), "m-1", Strike::AtOnce).await;
+    let cut_off = cut_off_log.subscribe("t", "g").await.unwrap();
+    cut_off_log
+        .publish("t", &Numbered::interleaved(1, 1))
+        .await
+        .unwrap();
+    receive(cut_off.as_ref(), 1, true).await;
+
+    set_failing(db.db(), true).await;
+    let other_log = Log::open(db.connect_again().await, short("m-2"))
+        .await
+        .unwrap();
+    let other = other_log.subscribe("t", "g").await.unwrap();
+    // m-1's lease expires; m-2 takes the partition.
+    cut_off_log
+        .publish("t", &Numbered::interleaved(1, 3))
+        .await
+        .unwrap();
+    let taken_over = tokio::time::timeout(SERVED_WITHIN, receive(other.as_ref(), 3, true)).await;
+    assert!(
+        taken_over.is_ok(),
+        "the live member took the partition over"
+    );
+    let fetched = tokio::time::timeout(Duration::from_millis(1_500), cut_off.fetch(16)).await;
+    match fetched {
+        Ok(Ok(batch)) => assert!(
+            batch.is_empty(),
+            "a member cut off from the group fetched {} records it no longer owns",
+            batch.len()
+        ),
+        Ok(Err(_)) | Err(_) => {} // it renews first, and that fails (or it waits): right
+    }
+    set_failing(db.db(), false).await;
+    other.close().await.unwrap();
+}
