@@ -35,7 +35,32 @@ struct Gateway {
     catalog: Arc<str>,
     orders: Arc<str>,
     payments: Arc<str>,
+    inventory: Arc<str>,
+    notifications: Arc<str>,
     body_limit: usize,
+}
+
+/// The route label of a request in the gateway's metrics: the service it goes to (or
+/// the gateway's own route), never the raw path.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/health/live" | "/health/ready" | "/openapi.json" | "/metrics" => "gateway",
+        p if p.starts_with("/v1/products") => "catalog",
+        p if p.starts_with("/v1/orders") || p.starts_with("/v1/customers") => "orders",
+        p if p.starts_with("/v1/payments") => "payments",
+        _ => "unmatched",
+    }
+}
+
+/// Records every request in `http_requests_total` / `http_request_duration_seconds`,
+/// labelled by [`route_label`].
+async fn record(request: Request, next: axum::middleware::Next) -> Response {
+    let route = route_label(request.uri().path());
+    let method = request.method().clone();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    eddy_telemetry::record_http(route, &method, response.status(), started.elapsed());
+    response
 }
 
 impl Gateway {
@@ -61,33 +86,44 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
         catalog: Arc::from(config.gateway.catalog_url.trim_end_matches('/')),
         orders: Arc::from(config.gateway.orders_url.trim_end_matches('/')),
         payments: Arc::from(config.gateway.payments_url.trim_end_matches('/')),
+        inventory: Arc::from(config.gateway.inventory_url.trim_end_matches('/')),
+        notifications: Arc::from(config.gateway.notifications_url.trim_end_matches('/')),
         body_limit: config.server.body_limit_bytes,
     };
     Ok(Router::new()
         .route("/health/live", get(crate::platform::health::live))
         .route("/health/ready", get(ready))
         .route("/openapi.json", get(crate::platform::health::openapi))
+        .route("/metrics", get(crate::platform::health::metrics_text))
         .fallback(proxy)
+        .layer(axum::middleware::from_fn(record))
         .with_state(gateway))
 }
 
+/// Ready when every service process is: the five, inventory and notifications
+/// included (they serve no public route, but the saga stops without them). The problem
+/// names each one that is not, with the url asked.
 async fn ready(State(gateway): State<Gateway>) -> Response {
     let mut failing = Vec::new();
     for (name, base) in [
         ("catalog", &gateway.catalog),
         ("orders", &gateway.orders),
+        ("inventory", &gateway.inventory),
         ("payments", &gateway.payments),
+        ("notifications", &gateway.notifications),
     ] {
+        let url = format!("{base}/health/ready");
         let ok = gateway
             .http
-            .get(format!("{base}/health/ready"))
+            .get(&url)
             .send()
             .await
             .is_ok_and(|r| r.status().is_success());
         if !ok {
-            failing.push(name);
+            failing.push(format!("{name} ({url})"));
         }
     }
+    let failing: Vec<&str> = failing.iter().map(String::as_str).collect();
     crate::platform::health::readiness_answer(&failing)
 }
 
@@ -133,7 +169,7 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream-unavailable",
                 "The service behind this route is unavailable",
-                None,
+                Some(format!("{upstream} did not answer")),
             );
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
@@ -174,6 +210,7 @@ async fn pass_back(answer: reqwest::Response) -> Response {
 
 /// Serves the gateway until `stop`.
 pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
+    eddy_telemetry::prometheus();
     let listener = tokio::net::TcpListener::bind(config.gateway.listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, router(&config)?)

@@ -13,10 +13,18 @@ use shop::config::Config;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
-#[command(name = "shop", about = "The Eddy reference order platform")]
+#[command(
+    name = "shop",
+    about = "The Eddy reference order platform",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Without a command, `shop` serves: `shop --config x.toml` is `shop serve --config
+    /// x.toml`.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,7 +74,7 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+    let result = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(args) => serve(args).await,
         Command::Provider(args) => provider(args).await,
         Command::Gateway(args) => gateway(args).await,
@@ -181,5 +189,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default command takes the same options as `serve`, as the README uses them.
+    #[test]
+    fn serve_options_work_without_the_serve_command() {
+        let cli = Cli::try_parse_from(["shop", "--config", "x.toml", "--service", "orders"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.config, Some(PathBuf::from("x.toml")));
+        assert_eq!(cli.serve.services, [shop::service::ServiceName::Orders]);
+        let explicit = Cli::try_parse_from(["shop", "serve", "--config", "x.toml"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(explicit.command, Some(Command::Serve(args)) if args.config.is_some()));
     }
 }

@@ -78,7 +78,7 @@ async fn start(
 async fn a_thousand_orders_across_processes_survive_a_killed_consumer_on_nats() {
     let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
     let nats = eddy_nats::NatsConfig {
-        url: std::env::var("EDDY_TEST_NATS_URL")
+        url: std::env::var("EDDYTEST_NATS_URL")
             .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
         stream_prefix: format!("SCALETEST_{prefix}"),
         subject_prefix: format!("scaletest.{prefix}"),
@@ -197,6 +197,14 @@ async fn thousand_orders_with_a_killed_consumer(broker: Vec<(String, String)>) {
         (
             "EDDY_GATEWAY__PAYMENTS_URL".to_owned(),
             processes["payments"].1.clone(),
+        ),
+        (
+            "EDDY_GATEWAY__INVENTORY_URL".to_owned(),
+            processes["inventory"].1.clone(),
+        ),
+        (
+            "EDDY_GATEWAY__NOTIFICATIONS_URL".to_owned(),
+            processes["notifications"].1.clone(),
         ),
         ("EDDY_LOG_LEVEL".to_owned(), "warn".to_owned()),
     ];

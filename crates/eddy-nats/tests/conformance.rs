@@ -1,5 +1,5 @@
 //! The NATS JetStream adapter passes the broker conformance suite against the local
-//! nats-server (`EDDY_TEST_NATS_URL`, default `nats://127.0.0.1:4222`). Every test
+//! nats-server (`EDDYTEST_NATS_URL`, default `nats://127.0.0.1:4222`). Every test
 //! uses streams of its own and deletes them afterwards.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,7 +20,7 @@ struct NatsFixture {
 fn config() -> NatsConfig {
     let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
     NatsConfig {
-        url: std::env::var("EDDY_TEST_NATS_URL")
+        url: std::env::var("EDDYTEST_NATS_URL")
             .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
         stream_prefix: format!("EDDYTEST_{prefix}"),
         subject_prefix: format!("eddytest.{prefix}"),
@@ -32,7 +32,7 @@ fn config() -> NatsConfig {
 async fn fixture() -> NatsFixture {
     let config = config();
     let nats = Nats::connect(config.clone()).await.unwrap_or_else(|e| {
-        panic!("NATS with JetStream is required for this test and is not reachable ({e}). Start nats-server -js (see README, 'Tests') or set EDDY_TEST_NATS_URL.")
+        panic!("NATS with JetStream is required for this test and is not reachable ({e}). Start nats-server -js (see README, 'Tests') or set EDDYTEST_NATS_URL.")
     });
     NatsFixture {
         nats,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use eddy_sql::{Db, DbConfig};
 use sqlx::Connection;
 
-/// Where PostgreSQL tests connect; override with `EDDY_TEST_POSTGRES_URL`
+/// Where PostgreSQL tests connect; override with `EDDYTEST_POSTGRES_URL`
 /// (a server url without a database name).
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432";
 
@@ -48,7 +48,7 @@ impl TestDb {
             .unwrap_or_else(|e| {
                 panic!(
                     "PostgreSQL is required for this test and is not reachable at {server} ({e}). \
-                     Start it (see README, 'Tests') or set EDDY_TEST_POSTGRES_URL."
+                     Start it (see README, 'Tests') or set EDDYTEST_POSTGRES_URL."
                 )
             });
         sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -112,7 +112,7 @@ impl Drop for TestDb {
 }
 
 fn postgres_server_url() -> String {
-    std::env::var("EDDY_TEST_POSTGRES_URL")
+    std::env::var("EDDYTEST_POSTGRES_URL")
         .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
         .trim_end_matches('/')
         .to_owned()

@@ -13,7 +13,7 @@ pub struct Tansu {
 
 impl Tansu {
     pub fn start() -> Self {
-        let binary = std::env::var("EDDY_TANSU").unwrap_or_else(|_| {
+        let binary = std::env::var("EDDYTEST_TANSU").unwrap_or_else(|_| {
             let home = std::env::var("HOME").unwrap_or_default();
             let installed = format!("{home}/.cargo/bin/tansu");
             if std::path::Path::new(&installed).exists() {

@@ -308,6 +308,11 @@ pub struct GatewayConfig {
     pub orders_url: String,
     /// Where `/v1/payments` goes. Default `http://127.0.0.1:8094`.
     pub payments_url: String,
+    /// The inventory process (no public routes; its readiness is the gateway's too).
+    /// Default `http://127.0.0.1:8093`.
+    pub inventory_url: String,
+    /// The notifications process (readiness only). Default `http://127.0.0.1:8095`.
+    pub notifications_url: String,
     /// Time budget of one proxied request. Default 5 s.
     pub timeout_ms: u64,
     /// Idle connections kept per upstream. Default 256.
@@ -321,6 +326,8 @@ impl Default for GatewayConfig {
             catalog_url: "http://127.0.0.1:8091".to_owned(),
             orders_url: "http://127.0.0.1:8092".to_owned(),
             payments_url: "http://127.0.0.1:8094".to_owned(),
+            inventory_url: "http://127.0.0.1:8093".to_owned(),
+            notifications_url: "http://127.0.0.1:8095".to_owned(),
             timeout_ms: 5_000,
             idle_connections_max: 256,
         }

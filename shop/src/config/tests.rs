@@ -171,3 +171,16 @@ fn the_example_file_names_every_setting() {
         }
     }
 }
+
+/// The test suite's own settings (`EDDYTEST_*`) are not the application's: a shell
+/// that exported them for `cargo test` still starts the shop.
+#[test]
+fn test_settings_live_outside_the_application_namespace() {
+    std::env::set_var(
+        "EDDYTEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432",
+    );
+    std::env::set_var("EDDYTEST_TANSU", "/usr/local/bin/tansu");
+    let loaded = Config::load(None);
+    assert!(loaded.is_ok(), "{:?}", loaded.err());
+}

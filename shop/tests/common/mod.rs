@@ -83,7 +83,7 @@ pub async fn spawn_app_on_postgres_and_nats(tweak: impl FnOnce(&mut Config)) -> 
     let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
     let streams = NatsStreams {
         config: eddy_nats::NatsConfig {
-            url: std::env::var("EDDY_TEST_NATS_URL")
+            url: std::env::var("EDDYTEST_NATS_URL")
                 .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
             stream_prefix: format!("SHOPTEST_{prefix}"),
             subject_prefix: format!("shoptest.{prefix}"),

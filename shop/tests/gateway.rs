@@ -1,0 +1,101 @@
+//! `shop gateway` in front of service processes: its readiness covers every service
+//! (inventory and notifications too, which have no public routes) and names the one
+//! that is not ready; a dead upstream's 503 names its url; it serves `/metrics`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::spawn_app;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// A url nothing listens on.
+const DEAD: &str = "http://127.0.0.1:9";
+
+async fn gateway(
+    tweak: impl FnOnce(&mut shop::config::GatewayConfig),
+) -> (String, CancellationToken) {
+    let mut config = shop::config::Config::default();
+    config.gateway.listen = "127.0.0.1:0".parse().unwrap();
+    tweak(&mut config.gateway);
+    let listener = tokio::net::TcpListener::bind(config.gateway.listen)
+        .await
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = shop::gateway::router(&config).unwrap();
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stopping.cancelled_owned())
+            .await
+            .unwrap();
+    });
+    (base, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_is_ready_only_when_every_service_is_and_names_the_one_that_is_not() {
+    let app = spawn_app(|_| {}).await;
+    let all_here = |g: &mut shop::config::GatewayConfig| {
+        for url in [
+            &mut g.catalog_url,
+            &mut g.orders_url,
+            &mut g.inventory_url,
+            &mut g.payments_url,
+            &mut g.notifications_url,
+        ] {
+            *url = app.base.clone();
+        }
+    };
+    let (ready, stop_ready) = gateway(all_here).await;
+    let http = reqwest::Client::new();
+    let answer = http
+        .get(format!("{ready}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let metrics = http.get(format!("{ready}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+
+    let (blind, stop_blind) = gateway(|g| {
+        all_here(g);
+        g.inventory_url = DEAD.to_owned();
+    })
+    .await;
+    let answer = http
+        .get(format!("{blind}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503, "inventory is down");
+    let problem: Value = answer.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("inventory") && detail.contains(DEAD),
+        "{detail}"
+    );
+
+    let (dead, stop_dead) = gateway(|g| {
+        all_here(g);
+        g.catalog_url = DEAD.to_owned();
+    })
+    .await;
+    let answer = http
+        .get(format!("{dead}/v1/products/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503);
+    let problem: Value = answer.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains(DEAD),
+        "the 503 names the url that did not answer: {problem}"
+    );
+    for stop in [stop_ready, stop_blind, stop_dead] {
+        stop.cancel();
+    }
+    app.stop().await;
+}
