@@ -95,27 +95,93 @@ async fn main() {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     eddy_telemetry::init_logs(&config.log_level, config.log_json);
-    let data_dir = config.data_dir.clone();
-    let what = running_what(&config);
+    let json = config.log_json;
+    let banner_of = banner(&config);
     let platform = shop::platform::start(config).await?;
     let base = format!("http://{}", platform.api_addr);
-    println!(
-        "Eddy shop is running {what} (data in {}).",
-        data_dir.display()
-    );
-    println!("  API        {base}/v1/products, {base}/v1/orders  (OpenAPI: {base}/openapi.json)");
-    println!("  health     {base}/health/live, {base}/health/ready");
-    println!("  metrics    {base}/metrics");
+    let mut lines = banner_of(&base);
     if let Some(provider) = platform.provider_addr {
-        println!("  provider   http://{provider}/v1/charges (simulated payment provider)");
+        let before_demo = lines
+            .iter()
+            .position(|l| l.starts_with("  try"))
+            .unwrap_or(lines.len());
+        lines.insert(
+            before_demo,
+            format!("  provider   http://{provider}/v1/charges (simulated payment provider)"),
+        );
     }
-    println!("  try        cargo run --release -p shop -- demo --target {base}");
-    println!("listening on {base}");
+    lines.push(format!("listening on {base}"));
+    say(json, &lines);
     shutdown_signal().await;
-    println!("shutting down: draining requests and messages…");
+    say(
+        json,
+        &["shutting down: draining requests and messages…".to_owned()],
+    );
     platform.stop().await?;
-    println!("stopped cleanly");
+    say(json, &["stopped cleanly".to_owned()]);
     Ok(())
+}
+
+/// The start-up banner for `config`, given the address it listens on: what runs, where
+/// its data is (only when it keeps any in SQLite files), the routes this process serves
+/// — only its services' — and the demo only where orders can be placed.
+fn banner(config: &Config) -> impl Fn(&str) -> Vec<String> {
+    use shop::service::ServiceName;
+    let what = running_what(config);
+    let sqlite = config
+        .databases_used()
+        .into_iter()
+        .any(|d| config.database_url(d).starts_with("sqlite:"));
+    let data = if sqlite {
+        format!(" (data in {})", config.data_dir.display())
+    } else {
+        String::new()
+    };
+    let runs = |name| config.runs(name);
+    let routes: Vec<&str> = [
+        (ServiceName::Catalog, "/v1/products"),
+        (ServiceName::Orders, "/v1/orders"),
+        (ServiceName::Payments, "/v1/payments"),
+    ]
+    .into_iter()
+    .filter(|(service, _)| runs(*service))
+    .map(|(_, route)| route)
+    .collect();
+    let demo = runs(ServiceName::Catalog) && runs(ServiceName::Orders);
+    move |base: &str| {
+        let mut lines = vec![format!("Eddy shop is running {what}{data}.")];
+        if routes.is_empty() {
+            lines.push("  API        none here: these services only consume events".to_owned());
+        } else {
+            let api: Vec<String> = routes.iter().map(|r| format!("{base}{r}")).collect();
+            lines.push(format!(
+                "  API        {}  (OpenAPI: {base}/openapi.json)",
+                api.join(", ")
+            ));
+        }
+        lines.push(format!(
+            "  health     {base}/health/live, {base}/health/ready"
+        ));
+        lines.push(format!("  metrics    {base}/metrics"));
+        if demo {
+            lines.push(format!(
+                "  try        cargo run --release -p shop -- demo --target {base}"
+            ));
+        }
+        lines
+    }
+}
+
+/// Prints `lines` for a person, or — with JSON logs — as one log line, so stdout stays
+/// JSON lines.
+fn say(json: bool, lines: &[String]) {
+    if json {
+        tracing::info!(banner = %lines.join("\n"), "started");
+    } else {
+        for line in lines {
+            println!("{line}");
+        }
+    }
 }
 
 /// "on embedded defaults", or which services on which broker.
@@ -207,5 +273,36 @@ mod tests {
         let explicit = Cli::try_parse_from(["shop", "serve", "--config", "x.toml"])
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(explicit.command, Some(Command::Serve(args)) if args.config.is_some()));
+    }
+
+    /// A process advertises only what it serves.
+    #[test]
+    fn the_banner_names_only_this_processs_routes() {
+        let monolith = banner(&Config::default())("http://h:1").join("\n");
+        assert!(monolith.contains("on embedded defaults (data in data)"));
+        assert!(monolith
+            .contains("http://h:1/v1/products, http://h:1/v1/orders, http://h:1/v1/payments"));
+        assert!(monolith.contains("demo --target http://h:1"));
+
+        let inventory = Config {
+            services: vec![shop::service::ServiceName::Inventory],
+            ..Config::default()
+        };
+        let lines = banner(&inventory)("http://h:2").join("\n");
+        assert!(lines.contains("none here"), "{lines}");
+        assert!(
+            !lines.contains("/v1/") && !lines.contains("demo"),
+            "{lines}"
+        );
+
+        let mut on_postgres = Config {
+            services: vec![shop::service::ServiceName::Orders],
+            ..Config::default()
+        };
+        on_postgres.databases.orders = "postgres://db/orders".to_owned();
+        on_postgres.databases.log = "postgres://db/log".to_owned();
+        let lines = banner(&on_postgres)("http://h:3").join("\n");
+        assert!(!lines.contains("data in"), "no SQLite files here: {lines}");
+        assert!(lines.contains("http://h:3/v1/orders") && !lines.contains("/v1/products"));
     }
 }
