@@ -32,6 +32,8 @@ pub struct Provider {
 struct Answers {
     by_key: HashMap<String, (StatusCode, ChargeAnswer)>,
     order: VecDeque<String>,
+    /// Keys with a charge being decided (arrived, not answered yet), and how many.
+    deciding: HashMap<String, usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +107,7 @@ async fn charge(
     }
     // As a real provider, finish a charge once it arrived even if the caller hangs up
     // (it timed out): the money moves, and the answer waits under its key.
+    provider.deciding(&key, true);
     match tokio::spawn(decide(provider, key, request)).await {
         Ok(response) => response,
         Err(error) => problem(
@@ -116,8 +119,15 @@ async fn charge(
     }
 }
 
-/// The provider's decision on a new charge, after its latency.
+/// The provider's decision on a new charge, after its latency; the key counts as
+/// being decided until then (a lookup meanwhile answers 409, not "unknown").
 async fn decide(provider: Provider, key: String, request: ChargeRequest) -> Response {
+    let response = decide_now(&provider, key.clone(), request).await;
+    provider.deciding(&key, false);
+    response
+}
+
+async fn decide_now(provider: &Provider, key: String, request: ChargeRequest) -> Response {
     tokio::time::sleep(Duration::from_millis(provider.config.latency_ms)).await;
     let (error, declined) = {
         let mut rng = provider.rng.lock().unwrap_or_else(|p| p.into_inner());
@@ -149,10 +159,18 @@ async fn decide(provider: Provider, key: String, request: ChargeRequest) -> Resp
 /// What became of the charge with this idempotency key; 404 when no request with it
 /// arrived (or it is older than the keys the provider remembers).
 async fn look_up(State(provider): State<Provider>, Path(key): Path<String>) -> Response {
-    match provider.remembered(&key) {
-        Some((_, answer)) => Json(answer).into_response(),
-        None => unknown_charge(),
+    if let Some((_, answer)) = provider.remembered(&key) {
+        return Json(answer).into_response();
     }
+    if provider.is_deciding(&key) {
+        return problem(
+            StatusCode::CONFLICT,
+            "charge-in-progress",
+            "A charge with this key is being decided; ask again",
+            None,
+        );
+    }
+    unknown_charge()
 }
 
 /// Refunds a captured charge; refunding it again answers the same. A declined charge
@@ -186,6 +204,27 @@ fn unknown_charge() -> Response {
 }
 
 impl Provider {
+    fn deciding(&self, key: &str, started: bool) {
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        let count = answers.deciding.entry(key.to_owned()).or_insert(0);
+        if started {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                answers.deciding.remove(key);
+            }
+        }
+    }
+
+    fn is_deciding(&self, key: &str) -> bool {
+        self.answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .deciding
+            .contains_key(key)
+    }
+
     fn remembered(&self, key: &str) -> Option<(StatusCode, ChargeAnswer)> {
         self.answers
             .lock()

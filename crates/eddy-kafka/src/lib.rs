@@ -128,19 +128,19 @@ fn client_config(
     config
 }
 
+/// Permanent only what is about the message itself (too large, invalid): a missing
+/// permission is about the environment — once an operator grants it the same publish
+/// works, so it is `Unavailable` (the relay waits instead of parking every row).
 fn kafka_error(context: &str, error: KafkaError) -> Error {
-    let permanent = matches!(
-        error.rdkafka_error_code(),
+    let base = match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessage) => {
+            Error::permanent(context)
+        }
         Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessage
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-        )
-    );
-    let base = if permanent {
-        Error::permanent(context)
-    } else {
-        Error::transient(context)
+            RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed,
+        ) => Error::unavailable(context),
+        _ => Error::transient(context),
     };
     base.with_source(error)
 }

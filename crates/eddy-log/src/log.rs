@@ -292,7 +292,10 @@ impl Log {
                 self.create_topic_in(tx, topic, self.inner.config.default_partitions)
                     .await
             }
-            None => Err(Error::permanent(format!("topic {topic:?} does not exist"))),
+            // An operator may create it: about the environment, not the events.
+            None => Err(Error::unavailable(format!(
+                "topic {topic:?} does not exist"
+            ))),
         }
     }
 

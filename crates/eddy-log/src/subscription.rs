@@ -173,6 +173,7 @@ impl Member {
         let mut tx = self.log.db().begin().await?;
         // Read after `begin`, which may wait for a connection: a lease must not be
         // dated earlier than the transaction that writes it.
+        let started = Instant::now();
         let now = self.now_us();
         let expires = now.saturating_add(session_us);
         let members = self.live_members(&mut tx, now, session_us).await?;
@@ -182,17 +183,20 @@ impl Member {
             .unwrap_or(0);
         let member_count = members.len().max(1);
 
-        // Leases the table says are ours: the ones we track, and possibly stale ones a
-        // failed heartbeat or an earlier life of this instance id left behind.
+        // Leases the table says are ours — the ones we track, and possibly stale ones a
+        // failed heartbeat or an earlier life of this instance id left behind — renewed
+        // in the same statement: one another member took meanwhile is neither renewed
+        // nor returned, so it cannot stay in what this member fetches.
         let held: Vec<i64> = sqlx::query_scalar(
-            "SELECT partition FROM eddy_log_leases WHERE consumer_group = $1 AND topic = $2 AND member_id = $3",
+            "UPDATE eddy_log_leases SET expires_at_us = $1 WHERE consumer_group = $2 AND topic = $3 AND member_id = $4 RETURNING partition",
         )
+        .bind(expires)
         .bind(&self.group)
         .bind(&self.topic)
         .bind(&self.member_id)
         .fetch_all(tx.conn())
         .await
-        .map_err(|e| classify("cannot read leases", e))?;
+        .map_err(|e| classify("cannot renew leases", e))?;
         // Leases we believed ours but lost (we were too slow and someone took over).
         let mut owned = state.owned.clone();
         owned.retain(|p, _| held.contains(&i64::from(*p)));
@@ -235,19 +239,11 @@ impl Member {
                 (false, None) => {}
             }
         }
-        sqlx::query(
-            "UPDATE eddy_log_leases SET expires_at_us = $1 WHERE consumer_group = $2 AND topic = $3 AND member_id = $4",
-        )
-        .bind(expires)
-        .bind(&self.group)
-        .bind(&self.topic)
-        .bind(&self.member_id)
-        .execute(tx.conn())
-        .await
-        .map_err(|e| classify("cannot renew leases", e))?;
         tx.commit().await?;
         state.owned = owned;
-        state.last_heartbeat = Some(Instant::now());
+        // The leases run from `started`, not from the commit: the fetch gate must not
+        // outlive them.
+        state.last_heartbeat = Some(started);
         Ok(())
     }
 
@@ -457,9 +453,13 @@ impl Subscription for LogSubscription {
                 if state.closed {
                     return Err(Error::permanent("subscription is closed"));
                 }
+                // A heartbeat's margin short of the session: leases are surely live.
+                let live_for = config
+                    .session_timeout
+                    .saturating_sub(config.heartbeat_interval);
                 let renewed_within_session = state
                     .last_heartbeat
-                    .is_some_and(|at| at.elapsed() < config.session_timeout);
+                    .is_some_and(|at| at.elapsed() < live_for);
                 if !renewed_within_session {
                     // Join the group at once rather than at the first tick; and a member
                     // whose heartbeats have failed for a session may have lost its

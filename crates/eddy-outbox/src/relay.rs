@@ -316,7 +316,8 @@ impl Relay {
                 Err(error) if run.len() == 1 => {
                     published.refused.push((run[0].id, error.to_string()))
                 }
-                Err(_) => {
+                Err(error) => {
+                    let refused_before = published.refused.len();
                     for row in run {
                         match self
                             .publisher
@@ -327,6 +328,14 @@ impl Relay {
                             Err(error) if error.is_transient() => return Err(error),
                             Err(error) => published.refused.push((row.id, error.to_string())),
                         }
+                    }
+                    if published.refused.len() - refused_before == run.len() {
+                        // Every row refused: not a bad row but the topic (missing, or a
+                        // permission): fail the batch and retry, never park them all.
+                        return Err(Error::transient(format!(
+                            "every row for {topic:?} was refused; not parking them"
+                        ))
+                        .with_source(error));
                     }
                 }
             }

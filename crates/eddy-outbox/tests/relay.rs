@@ -426,6 +426,41 @@ async fn a_busy_relay_still_cleans_up(s: Setup) {
     relaying.await.unwrap().unwrap();
 }
 
+/// Refuses everything permanently, as a topic an ACL forbids.
+struct RefusesAll;
+
+#[async_trait]
+impl Publisher for RefusesAll {
+    async fn publish(&self, _: &str, _: &[Envelope]) -> Result<(), Error> {
+        Err(Error::permanent("not authorized for this topic"))
+    }
+}
+
+/// A topic that refuses every row is not a bad row: nothing is parked, the batch is
+/// retried until the topic takes it.
+async fn a_topic_that_refuses_every_row_parks_nothing(s: Setup) {
+    let relay = Relay::new(s.outbox.clone(), Arc::new(RefusesAll), config());
+    let stats = relay.stats();
+    let events: Vec<Envelope> = (0..5).map(|seq| Numbered::envelope("k", seq)).collect();
+    let mut tx = s.outbox.db().begin().await.unwrap();
+    s.outbox.append(&mut tx, "orders", &events).await.unwrap();
+    tx.commit().await.unwrap();
+    let stop = CancellationToken::new();
+    let relaying = tokio::spawn(relay.run(stop.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while stats.failed_batches() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never retried"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let state = s.outbox.state().await.unwrap();
+    assert_eq!((state.pending_len, state.parked_len), (5, 0));
+    stop.cancel();
+    relaying.await.unwrap().unwrap();
+}
+
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -449,6 +484,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     a_busy_relay_still_cleans_up,
+    a_topic_that_refuses_every_row_parks_nothing,
     a_row_the_broker_refuses_is_parked_and_the_rows_behind_it_flow,
     an_undecodable_row_is_parked_and_the_rows_behind_it_flow,
     eight_writers_committing_out_of_order_lose_nothing,

@@ -244,6 +244,12 @@ async fn drain(shared: &Shared, subscription: &dyn Subscription) -> bool {
     drained.is_ok()
 }
 
+/// Permanent fetch failures in a row after which the consumer gives up on its
+/// subscription and ends with the error, for its supervisor to start it again on a new
+/// one ([`crate::supervise`]). Anything less — and every transient failure — it rides
+/// out with backoff.
+pub const PERMANENT_FETCH_FAILURES_MAX: u32 = 10;
+
 /// How often the drain looks whether in-flight work has finished, at most.
 const DRAIN_POLL_INTERVAL_MAX: Duration = Duration::from_millis(20);
 
@@ -343,6 +349,7 @@ async fn fetch_loop(
     stop: CancellationToken,
 ) -> Result<(), Error> {
     let mut failures = 0u32;
+    let mut permanent_in_a_row = 0u32;
     loop {
         // Backpressure: no free in-flight slot, no fetch.
         // `biased`: once stopping, never take another batch, even if one is ready.
@@ -363,15 +370,28 @@ async fn fetch_loop(
         let batch = match batch {
             Ok(batch) => {
                 failures = 0;
+                permanent_in_a_row = 0;
                 batch
             }
-            // Whatever the kind, a fetch error never ends the consumer: the broker or
-            // the database it reads from comes back, and a consumer that stopped for
-            // good would leave its partitions unserved until someone noticed. It backs
-            // off (bounded), counts the failure and says so.
+            // A fetch error does not end the consumer: the broker or the database it
+            // reads from comes back, and a consumer that stopped would leave its
+            // partitions unserved until someone noticed. It backs off (bounded),
+            // counts the failure and says so — unless the subscription is dead
+            // (PERMANENT_FETCH_FAILURES_MAX permanent failures in a row).
             Err(error) => {
                 failures = failures.saturating_add(1);
                 shared.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                permanent_in_a_row = if error.is_transient() {
+                    0
+                } else {
+                    permanent_in_a_row + 1
+                };
+                if permanent_in_a_row >= PERMANENT_FETCH_FAILURES_MAX {
+                    // The subscription itself is dead (a poll thread gone, a pull that
+                    // ended): only a new one helps. Ending lets the supervisor make it.
+                    tracing::error!(%error, "fetch failed permanently {PERMANENT_FETCH_FAILURES_MAX} times in a row; ending so the consumer subscribes again");
+                    return Err(error);
+                }
                 let pause = shared.config.retry.backoff_ceiling(failures);
                 if error.is_transient() {
                     tracing::warn!(%error, ?pause, failures, "fetch failed; retrying");

@@ -319,3 +319,40 @@ async fn events_of_a_type_no_handler_knows_are_counted_per_type() {
     stop.cancel();
     running.await.unwrap().unwrap();
 }
+
+/// A subscription that fails permanently for good (a poll thread gone, a pull that
+/// ended) is given up after a bounded run of failures, so that the supervisor
+/// subscribes again, instead of being retried for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_subscription_ends_the_consumer_for_its_supervisor() {
+    let db = TestDb::sqlite().await;
+    let log = Log::open(db.db().clone(), log_config()).await.unwrap();
+    let consumer = Consumer::new(
+        "orders",
+        "workers",
+        Arc::new(FailingFetches {
+            log: log.clone(),
+            failing: u32::MAX,
+        }),
+        Arc::new(log.clone()),
+        Router::new().route::<Numbered, _>(Accept),
+    )
+    .with_config(ConsumerConfig {
+        retry: RetryPolicy {
+            backoff_max: Duration::from_millis(5),
+            ..one_attempt().retry
+        },
+        ..one_attempt()
+    });
+    let stats = consumer.stats();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(30),
+        consumer.run(CancellationToken::new()),
+    )
+    .await
+    .expect("the consumer gave up on its dead subscription");
+    assert!(ended.is_err());
+    assert!(
+        stats.fetch_failures() >= u64::from(eddy_runtime::consumer::PERMANENT_FETCH_FAILURES_MAX)
+    );
+}

@@ -8,7 +8,7 @@ use eddy_core::{async_trait, Envelope, HandlerError};
 use eddy_sql::{Tx, TxHandler};
 
 use super::domain::{self, Reservation, ReservationState, UnknownProducts};
-use super::store::{self, StockLevel};
+use super::store::{self, First, StockLevel};
 use crate::contracts::{
     OrderCancelled, OrderConfirmed, OrderPlaced, ProductUpserted, StockChanged, StockRejected,
     StockReserved, CATALOG_TOPIC, INVENTORY_TOPIC, ORDERS_TOPIC,
@@ -148,10 +148,10 @@ impl TxHandler<OrderPlaced> for Inventory {
         envelope: &Envelope,
         tx: &mut Tx,
     ) -> Result<(), HandlerError> {
-        if store::seen(tx, &event.order_id).await? {
-            // Reserved before, or cancelled before it got here (its OrderPlaced was
+        if !store::claim(tx, &event.order_id, First::Placed).await? {
+            // Handled before, or cancelled before it got here (its OrderPlaced was
             // dead-lettered and redriven after the order timed out): nothing to take.
-            tracing::info!(order_id = %event.order_id, "order already reserved or cancelled; nothing to reserve");
+            tracing::info!(order_id = %event.order_id, "order already placed or cancelled here; nothing to reserve");
             return Ok(());
         }
         let wanted = domain::wanted(
@@ -205,11 +205,13 @@ impl TxHandler<OrderCancelled> for Inventory {
         envelope: &Envelope,
         tx: &mut Tx,
     ) -> Result<(), HandlerError> {
+        // Claim first: a placement running at the same time then waits for this, or
+        // this for it (and its reservations are seen below) — never both seeing
+        // nothing; a placement arriving later takes nothing. Released either way, for
+        // reservations made before claims existed.
+        store::claim(tx, &event.order_id, First::Cancelled).await?;
         let released =
             store::finish_reservations(tx, &event.order_id, ReservationState::Released).await?;
-        if released.is_empty() && !store::seen(tx, &event.order_id).await? {
-            store::tombstone(tx, &event.order_id).await?;
-        }
         for (product_id, quantity) in released {
             self.adjust(tx, &product_id, quantity, envelope).await?;
         }

@@ -136,26 +136,32 @@ pub async fn finish_reservations(
         .map_err(|e| classify("reservation row", e))
 }
 
-/// Whether `order_id` has ever held stock here, or was cancelled before it did.
-pub async fn seen(tx: &mut Tx, order_id: &str) -> Result<bool, Error> {
-    let row: Option<i64> =
-        sqlx::query_scalar("SELECT quantity FROM reservations WHERE order_id = $1 LIMIT 1")
-            .bind(order_id)
-            .fetch_optional(tx.conn())
-            .await
-            .map_err(|e| classify("cannot read reservations", e))?;
-    Ok(row.is_some())
+/// What came first for an order: its placement or its cancellation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum First {
+    Placed,
+    Cancelled,
 }
 
-/// Marks `order_id` as cancelled before it reserved anything (a row of no product
-/// and no quantity), so an `OrderPlaced` arriving after its cancellation (redriven
-/// from the dead letters) reserves nothing.
-pub async fn tombstone(tx: &mut Tx, order_id: &str) -> Result<(), Error> {
-    sqlx::query("INSERT INTO reservations (order_id, product_id, quantity, state) VALUES ($1, '', 0, $2) ON CONFLICT DO NOTHING")
+impl First {
+    const fn state(self) -> &'static str {
+        match self {
+            First::Placed => "placed",
+            First::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Claims `order_id` for `what` (a row of no product and no quantity, unique per
+/// order); false when the other came first. Placement and cancellation both claim, so
+/// whichever runs second sees it — also when the two run at once (the second waits on
+/// the unique key) or arrive out of order (a redriven placement after a timeout).
+pub async fn claim(tx: &mut Tx, order_id: &str, what: First) -> Result<bool, Error> {
+    let claimed = sqlx::query("INSERT INTO reservations (order_id, product_id, quantity, state) VALUES ($1, '', 0, $2) ON CONFLICT DO NOTHING")
         .bind(order_id)
-        .bind(ReservationState::Released.as_str())
+        .bind(what.state())
         .execute(tx.conn())
         .await
-        .map_err(|e| classify("cannot record the cancellation", e))?;
-    Ok(())
+        .map_err(|e| classify("cannot claim the order", e))?;
+    Ok(claimed.rows_affected() == 1)
 }

@@ -238,8 +238,16 @@ impl Handler<OrderCancelled> for OnOrderCancelled {
         let charge = store::find(&mut tx, &event.order_id).await?;
         let Some(charge) = charge else {
             // Never charged: make sure a late StockReserved never is.
-            store::void(&mut tx, &event.order_id, service.now()).await?;
+            let voided = store::void(&mut tx, &event.order_id, service.now()).await?;
             tx.commit().await?;
+            if !voided {
+                // A charge was recorded meanwhile (on PostgreSQL the void waited for
+                // it): handle the cancellation against that charge.
+                return Err(HandlerError::transient(format!(
+                    "a charge of cancelled order {} appeared; looking again",
+                    event.order_id
+                )));
+            }
             return Ok(());
         };
         tx.commit().await?;

@@ -148,8 +148,11 @@ struct Records {
 }
 
 impl Records {
+    /// The provider cannot be reached or failed: a cancellation waiting on a refund
+    /// pauses (bounded by `unavailable_wait_max`) instead of spending its attempts and
+    /// leaving the money where it is.
     fn failed(&self, what: &str, error: impl std::fmt::Display) -> HandlerError {
-        HandlerError::transient(ProviderFailed(format!("{what}: {error}")))
+        HandlerError::unavailable(ProviderFailed(format!("{what}: {error}")))
     }
 
     async fn look_up(&self, key: &str) -> Result<ProviderRecord, HandlerError> {
