@@ -205,6 +205,15 @@ pub fn to_micros(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }
 
+/// `at - age` in microseconds since the Unix epoch, or `i64::MIN` when `age` reaches
+/// beyond what a date can hold (a retention of `Duration::MAX`): nothing is that old.
+pub fn micros_before(at: OffsetDateTime, age: std::time::Duration) -> i64 {
+    time::Duration::try_from(age)
+        .ok()
+        .and_then(|age| at.checked_sub(age))
+        .map_or(i64::MIN, to_micros)
+}
+
 /// The inverse of [`to_micros`].
 pub fn from_micros(micros: i64) -> Result<OffsetDateTime, Error> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eddy_core::envelope::to_micros;
+use eddy_core::envelope::{micros_before, to_micros};
 use eddy_core::{Clock, Envelope, Error, Publisher, Subscriber, Subscription, SystemClock};
 use eddy_sql::{classify, envelope_row, Db, Tx};
 
@@ -106,15 +106,6 @@ impl LogStats {
     pub fn holes_seen(&self) -> u64 {
         self.holes_seen.load(Ordering::Relaxed)
     }
-}
-
-/// `now - age` in microseconds, or the start of time when `age` reaches beyond it (a
-/// retention of `Duration::MAX`): nothing is that old.
-pub(crate) fn micros_before(now: eddy_core::OffsetDateTime, age: Duration) -> i64 {
-    time::Duration::try_from(age)
-        .ok()
-        .and_then(|age| now.checked_sub(age))
-        .map_or(i64::MIN, to_micros)
 }
 
 pub(crate) struct LogInner {

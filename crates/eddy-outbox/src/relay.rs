@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eddy_core::envelope::to_micros;
+use eddy_core::envelope::{micros_before, to_micros};
 use eddy_core::{Envelope, Error, Publisher};
 use eddy_sql::{classify, envelope_row, Backend, Tx};
 use sqlx::Row;
@@ -407,10 +407,7 @@ impl Relay {
     /// Deletes published rows older than the retention; returns how many went.
     pub async fn clean_up(&self) -> Result<u64, Error> {
         // A retention reaching before the start of time keeps everything.
-        let cutoff = time::Duration::try_from(self.config.retention)
-            .ok()
-            .and_then(|retention| self.outbox.clock().now().checked_sub(retention))
-            .map_or(i64::MIN, to_micros);
+        let cutoff = micros_before(self.outbox.clock().now(), self.config.retention);
         let mut total = 0;
         loop {
             let deleted = sqlx::query(
