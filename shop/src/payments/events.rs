@@ -306,7 +306,9 @@ impl OnOrderCancelled {
     }
 }
 
-fn provider(ctx: &ServiceContext<'_>) -> anyhow::Result<ProviderClient> {
+/// The provider behind its defences; one per process, shared by the charge handler, the
+/// cancellation handler and the reconciler (one breaker, one connection pool).
+pub fn provider(ctx: &ServiceContext<'_>) -> anyhow::Result<ProviderClient> {
     let payments = &ctx.config.payments;
     ProviderClient::new(
         ctx.provider_url,
@@ -318,9 +320,8 @@ fn provider(ctx: &ServiceContext<'_>) -> anyhow::Result<ProviderClient> {
     )
 }
 
-pub fn subscriptions(ctx: &ServiceContext<'_>) -> anyhow::Result<Vec<Subscription>> {
+pub fn subscriptions(ctx: &ServiceContext<'_>, provider: &ProviderClient) -> Vec<Subscription> {
     let payments = &ctx.config.payments;
-    let provider = provider(ctx)?;
     let reconcile_after = Duration::from_secs(payments.reconcile_after_secs);
     let charge = Charge {
         service: ctx.service.clone(),
@@ -330,11 +331,11 @@ pub fn subscriptions(ctx: &ServiceContext<'_>) -> anyhow::Result<Vec<Subscriptio
     };
     let cancelled = OnOrderCancelled {
         service: ctx.service.clone(),
-        provider,
+        provider: provider.clone(),
         reconcile_after,
     };
     let name = ctx.service.name.as_str();
-    Ok(vec![
+    vec![
         Subscription {
             topic: INVENTORY_TOPIC,
             router: eddy_runtime::Router::new().route::<StockReserved, _>(Timed::new(name, charge)),
@@ -344,21 +345,21 @@ pub fn subscriptions(ctx: &ServiceContext<'_>) -> anyhow::Result<Vec<Subscriptio
             router: eddy_runtime::Router::new()
                 .route::<OrderCancelled, _>(Timed::new(name, cancelled)),
         },
-    ])
+    ]
 }
 
 /// Payments' sweep: [`reconcile`] every `maintenance.saga_sweep_interval_secs`.
-pub fn sweeps(ctx: &ServiceContext<'_>) -> anyhow::Result<Vec<Sweep>> {
+pub fn sweeps(ctx: &ServiceContext<'_>, provider: &ProviderClient) -> Vec<Sweep> {
     let service = ctx.service.clone();
-    let provider = provider(ctx)?;
+    let provider = provider.clone();
     let after = Duration::from_secs(ctx.config.payments.reconcile_after_secs);
     let limit = i64::try_from(ctx.config.maintenance.saga_sweep_len_max).unwrap_or(i64::MAX);
-    Ok(vec![Sweep {
+    vec![Sweep {
         name: "payments reconciler",
         interval: Duration::from_secs(ctx.config.maintenance.saga_sweep_interval_secs),
         run: Arc::new(move || {
             let (service, provider) = (service.clone(), provider.clone());
             Box::pin(async move { reconcile(&service, &provider, after, limit).await })
         }),
-    }])
+    }]
 }

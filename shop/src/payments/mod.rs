@@ -17,9 +17,10 @@ use crate::service::{Contribution, ServiceContext};
 
 /// Payments' route and consumer.
 pub fn contribute(ctx: &ServiceContext<'_>) -> anyhow::Result<Contribution> {
+    let provider = events::provider(ctx)?;
     Ok(Contribution {
         routes: Some(http::router().with_state(ctx.service.clone())),
-        subscriptions: events::subscriptions(ctx)?,
-        sweeps: events::sweeps(ctx)?,
+        subscriptions: events::subscriptions(ctx, &provider),
+        sweeps: events::sweeps(ctx, &provider),
     })
 }
