@@ -2,13 +2,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eddy_core::{async_trait, Envelope, Handler, HandlerError, Message, Publisher, Subscriber};
-use eddy_log::{Log, LogConfig};
+use eddy_log::Log;
 use eddy_runtime::{dead_letter, Consumer, ConsumerConfig, RetryPolicy, Router};
 use eddy_sql::{BatchTxHandler, Batched, Db, EachInTx, Transactional, Tx, TxHandler};
 use eddy_testkit::conformance::receive;
@@ -16,14 +18,7 @@ use eddy_testkit::events::Numbered;
 use eddy_testkit::TestDb;
 use tokio_util::sync::CancellationToken;
 
-fn log_config() -> LogConfig {
-    LogConfig {
-        heartbeat_interval: Duration::from_millis(100),
-        session_timeout: Duration::from_millis(1000),
-        fallback_poll_interval: Duration::from_millis(100),
-        ..LogConfig::default()
-    }
-}
+use common::{eventually, log_config};
 
 fn fast_retries() -> ConsumerConfig {
     ConsumerConfig {
@@ -77,18 +72,6 @@ impl Handler<Numbered> for Recorder {
         }
         self.seen.lock().unwrap().push((event.key, event.seq));
         Ok(())
-    }
-}
-
-/// Waits until `done()` or fails the test after 60 s.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,21 +13,14 @@ use std::time::Duration;
 use eddy_core::{
     async_trait, Delivery, Envelope, Error, HandlerError, Publisher, Subscriber, Subscription,
 };
-use eddy_log::{Log, LogConfig};
+use eddy_log::Log;
 use eddy_runtime::{Consumer, ConsumerConfig, RetryPolicy, Router};
 use eddy_sql::{Transactional, Tx, TxHandler};
 use eddy_testkit::events::Numbered;
 use eddy_testkit::TestDb;
 use tokio_util::sync::CancellationToken;
 
-fn log_config() -> LogConfig {
-    LogConfig {
-        heartbeat_interval: Duration::from_millis(100),
-        session_timeout: Duration::from_millis(1000),
-        fallback_poll_interval: Duration::from_millis(100),
-        ..LogConfig::default()
-    }
-}
+use common::{eventually, log_config};
 
 /// One attempt only: any failure that spends an attempt dead-letters the event.
 fn one_attempt() -> ConsumerConfig {
@@ -38,17 +33,6 @@ fn one_attempt() -> ConsumerConfig {
         unavailable_pause: Duration::from_millis(20),
         jitter_seed: Some(3),
         ..ConsumerConfig::default()
-    }
-}
-
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
