@@ -91,7 +91,8 @@ struct StepHandler {
     failing: Arc<Mutex<FailureRates>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// How often a handler call fails, by kind; none by default (and once faults stop).
+#[derive(Debug, Clone, Copy, Default)]
 struct FailureRates {
     transient: f64,
     unavailable: f64,
@@ -295,11 +296,7 @@ impl World {
             rng,
             broker,
             shared,
-            failing: Arc::new(Mutex::new(FailureRates {
-                transient: 0.0,
-                unavailable: 0.0,
-                panic: 0.0,
-            })),
+            failing: Arc::default(),
             config,
             clock: ManualClock::new(OffsetDateTime::UNIX_EPOCH),
             running: Vec::new(),
@@ -464,11 +461,7 @@ impl World {
     /// Faults stop and the group drains, or the run fails.
     async fn quiesce(&mut self) {
         self.broker.set_faults(Faults::default());
-        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = FailureRates {
-            transient: 0.0,
-            unavailable: 0.0,
-            panic: 0.0,
-        };
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = FailureRates::default();
         self.note("quiesce".to_owned());
         let until = tokio::time::Instant::now() + DRAIN_MAX;
         loop {
