@@ -213,8 +213,13 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     eddy_telemetry::prometheus();
     let listener = tokio::net::TcpListener::bind(config.gateway.listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router(&config)?)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await?;
+    crate::platform::server::serve(
+        listener,
+        router(&config)?,
+        config.connection_limits(),
+        stop,
+        "gateway",
+    )
+    .await?;
     Ok(())
 }

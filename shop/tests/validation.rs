@@ -164,7 +164,7 @@ async fn a_request_whose_deadline_passed_is_refused_and_writes_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 503);
+    assert_eq!(response.status(), 504);
     let problem: Value = response.json().await.unwrap();
     assert!(problem["type"]
         .as_str()

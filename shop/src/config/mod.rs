@@ -180,7 +180,7 @@ impl Config {
     }
 
     /// Settings where 0 would stall or refuse everything.
-    fn positive_settings(&self) -> [(&'static str, u64); 22] {
+    fn positive_settings(&self) -> [(&'static str, u64); 27] {
         let size = |n: usize| n as u64;
         [
             (
@@ -196,6 +196,20 @@ impl Config {
                 "server.ready_check_timeout_ms",
                 self.server.ready_check_timeout_ms,
             ),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            ("server.idle_timeout_ms", self.server.idle_timeout_ms),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
+            (
+                "server.oversized_drain_max_bytes",
+                self.server.oversized_drain_max_bytes,
+            ),
+            ("server.connections_max", size(self.server.connections_max)),
             (
                 "databases.max_connections",
                 u64::from(self.databases.max_connections),
@@ -276,6 +290,15 @@ impl Config {
             format!("sqlite://{}", self.data_dir.join(file).display())
         } else {
             configured.clone()
+        }
+    }
+
+    /// What one connection may take of a listener (every listener uses `server.*`).
+    pub fn connection_limits(&self) -> crate::platform::server::ConnectionLimits {
+        crate::platform::server::ConnectionLimits {
+            header_read: Duration::from_millis(self.server.header_read_timeout_ms),
+            idle: Duration::from_millis(self.server.idle_timeout_ms),
+            connections_max: self.server.connections_max,
         }
     }
 

@@ -21,6 +21,19 @@ pub struct ServerConfig {
     pub shutdown_timeout_ms: u64,
     /// How long `/health/ready` waits for each database and the broker. Default 1 s.
     pub ready_check_timeout_ms: u64,
+    /// Time a client has to finish a request head once it started sending it; then the
+    /// connection is closed. Default 10 s.
+    pub header_read_timeout_ms: u64,
+    /// Time a connection may stay open with no request in progress. Default 60 s.
+    pub idle_timeout_ms: u64,
+    /// Time a client has to send a request body; then 408. Default 10 s.
+    pub body_read_timeout_ms: u64,
+    /// A body over `body_limit_bytes` is read and thrown away up to this size before the
+    /// 413 is sent, so that the client, still sending, reads the answer instead of a
+    /// reset connection. Larger ones are answered at once. Default 16 MiB.
+    pub oversized_drain_max_bytes: u64,
+    /// Connections open at once per listener; beyond it new ones wait. Default 10,000.
+    pub connections_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -32,6 +45,11 @@ impl Default for ServerConfig {
             request_timeout_ms: 5_000,
             shutdown_timeout_ms: 10_000,
             ready_check_timeout_ms: 1_000,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_read_timeout_ms: 10_000,
+            oversized_drain_max_bytes: 16 * 1024 * 1024,
+            connections_max: 10_000,
         }
     }
 }

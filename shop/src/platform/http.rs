@@ -1,5 +1,5 @@
-//! The HTTP stack every platform request passes: metrics, deadline propagation, load
-//! shedding (bulkhead), a timeout backstop and the body limit, with their errors as
+//! The HTTP stack every platform request passes: metrics, the body read (time and size
+//! limits), deadline propagation and load shedding (bulkhead), with their errors as
 //! problem responses.
 
 use std::time::Duration;
@@ -11,30 +11,44 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use eddy_resilience::{BulkheadLayer, Deadline, Overloaded};
+use futures::StreamExt;
 use tower::ServiceBuilder;
 
 use crate::config::Config;
 use crate::problem::problem;
 
-/// Most of an oversized body read (and thrown away) before it is refused.
-pub const OVERSIZED_DRAIN_MAX: u64 = 1 << 20;
+/// What the body reader allows a request.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Largest body accepted.
+    pub len_max: usize,
+    /// Time to receive it.
+    pub read_timeout: Duration,
+    /// Most of an oversized body read and thrown away before the 413.
+    pub drain_max: u64,
+}
+
+impl BodyLimits {
+    pub fn of(config: &Config) -> Self {
+        Self {
+            len_max: config.server.body_limit_bytes,
+            read_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
+            drain_max: config.server.oversized_drain_max_bytes,
+        }
+    }
+}
 
 /// `api` inside the platform's layers. Public so the benchmark measures exactly this
-/// stack.
+/// stack. Outermost first: metrics (every answer counted, under its route template),
+/// the body read (408 for a slow body, 413 for a large one — before any budget starts),
+/// the deadline (the caller's or our budget, whichever is sooner; probes ignore the
+/// caller's), load shedding.
 pub fn platform_layers(api: Router, config: &Config) -> Router {
     // The metrics are part of the stack (and of what S1 measures): make sure they record.
     eddy_telemetry::prometheus();
-    let body_limit = config.server.body_limit_bytes;
-    let api = api
-        .layer(middleware::from_fn(move |request: Request, next: Next| {
-            refuse_oversized(body_limit, request, next)
-        }))
-        .layer(middleware::from_fn(record_http));
+    let body = BodyLimits::of(config);
     let budget = config.request_timeout();
-    api.layer(middleware::from_fn(move |request: Request, next: Next| {
-        propagate_deadline(budget, request, next)
-    }))
-    .layer(
+    api.layer(
         ServiceBuilder::new()
             .layer(HandleErrorLayer::new(|error: tower::BoxError| async move {
                 layer_error(&error)
@@ -44,12 +58,18 @@ pub fn platform_layers(api: Router, config: &Config) -> Router {
                 "http",
                 config.server.concurrency_limit,
                 config.server.concurrency_limit,
-            ))
-            .timeout(config.request_timeout())
-            .layer(axum::extract::DefaultBodyLimit::max(
-                config.server.body_limit_bytes,
             )),
     )
+    .layer(middleware::from_fn(move |request: Request, next: Next| {
+        propagate_deadline(budget, request, next)
+    }))
+    .layer(middleware::from_fn(move |request: Request, next: Next| {
+        read_body(body, request, next)
+    }))
+    .layer(middleware::from_fn(record_http))
+    .layer(axum::extract::DefaultBodyLimit::max(
+        config.server.body_limit_bytes,
+    ))
 }
 
 /// The problem for a request the bulkhead shed or the timeout cut.
@@ -65,13 +85,6 @@ fn layer_error(error: &tower::BoxError) -> Response {
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         response
-    } else if error.is::<tower::timeout::error::Elapsed>() {
-        problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            "The request ran out of time",
-            None,
-        )
     } else {
         problem(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -82,60 +95,153 @@ fn layer_error(error: &tower::BoxError) -> Response {
     }
 }
 
-/// Refuses a body whose declared length exceeds `limit` with 413 before any handler runs,
-/// and reads the rest of it first (up to [`OVERSIZED_DRAIN_MAX`]): a server that answers
-/// and closes while the client is still sending resets the connection, and the client
-/// sees a transport error instead of the problem response. Beyond that bound it answers
-/// at once and closes the connection. Bodies without a length are still limited by the
-/// extractors (`DefaultBodyLimit`).
-async fn refuse_oversized(limit: usize, request: Request, next: Next) -> Response {
+/// Reads the whole body before the handler runs, within the body limits: a client too
+/// slow to send it gets 408; a body over the limit is read and thrown away up to
+/// `drain_max` (a client that sends everything before it reads would otherwise see its
+/// connection reset instead of the answer), then gets 413. Both close the connection.
+async fn read_body(limits: BodyLimits, request: Request, next: Next) -> Response {
+    use axum::body::HttpBody;
+    if request.body().size_hint().exact() == Some(0) {
+        return next.run(request).await;
+    }
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let Some(declared) = declared.filter(|&d| d > limit as u64) else {
-        return next.run(request).await;
-    };
-    let mut response = problem(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body-too-large",
-        "The request body was rejected",
-        Some(format!(
-            "the body is {declared} bytes; at most {limit} are accepted"
-        )),
-    );
-    if declared <= OVERSIZED_DRAIN_MAX {
-        use futures::StreamExt;
-        let mut body = request.into_body().into_data_stream();
-        while let Some(Ok(_)) = body.next().await {}
-    } else {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let (parts, body) = request.into_parts();
+    let started = tokio::time::Instant::now();
+    let deadline = started + limits.read_timeout;
+    let limit = limits.len_max as u64;
+    if let Some(declared) = declared.filter(|&d| d > limit) {
+        if declared <= limits.drain_max {
+            drain(body, limits.drain_max, deadline).await;
+        }
+        return closing(too_large(Some(declared), limit));
     }
+    let mut stream = body.into_data_stream();
+    let mut received = Vec::with_capacity(declared.map_or(0, |d| d as usize));
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return closing(too_slow(limits.read_timeout)),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return closing(unreadable()),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if (received.len() + frame.len()) as u64 > limit {
+            let read = received.len() as u64 + frame.len() as u64;
+            drain(
+                axum::body::Body::from_stream(stream),
+                limits.drain_max.saturating_sub(read),
+                deadline,
+            )
+            .await;
+            return closing(too_large(None, limit));
+        }
+        received.extend_from_slice(&frame);
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(received)))
+        .await
+}
+
+/// Reads and discards `body` until its end, `max` bytes or `deadline`.
+async fn drain(body: axum::body::Body, max: u64, deadline: tokio::time::Instant) {
+    let mut stream = body.into_data_stream();
+    let mut read = 0u64;
+    while read <= max {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(frame))) => read += frame.len() as u64,
+            _ => return,
+        }
+    }
+}
+
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
+fn too_large(declared: Option<u64>, limit: u64) -> Response {
+    let detail = match declared {
+        Some(declared) => format!("the body is {declared} bytes; at most {limit} are accepted"),
+        None => format!("the body is over the limit of {limit} bytes"),
+    };
+    problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        "The request body was rejected",
+        Some(detail),
+    )
+}
+
+fn too_slow(timeout: Duration) -> Response {
+    problem(
+        StatusCode::REQUEST_TIMEOUT,
+        "body-timeout",
+        "The request body did not arrive in time",
+        Some(format!(
+            "the whole body must arrive within {} ms",
+            timeout.as_millis()
+        )),
+    )
+}
+
+fn unreadable() -> Response {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "unreadable-body",
+        "The request body could not be read",
+        Some("the body ended early or its chunked encoding is malformed".to_owned()),
+    )
+}
+
+/// Whether a route is an operational one (probes, metrics): these ignore the caller's
+/// deadline, so an expired header cannot make a healthy process look dead.
+fn operational(route: Option<&MatchedPath>) -> bool {
+    route.is_some_and(|r| r.as_str().starts_with("/health/") || r.as_str() == "/metrics")
+}
+
 /// Runs the request under its deadline: the caller's `eddy-deadline` header or our own
-/// request budget, whichever is sooner. Work whose deadline already passed is refused.
+/// request budget, whichever is sooner. Work whose deadline already passed is refused
+/// (504, `deadline-exceeded`); work still running at the deadline is cut: 504 when it
+/// was the caller's deadline, 503 `timeout` when it was our own budget.
 async fn propagate_deadline(budget: Duration, request: Request, next: Next) -> Response {
     let own = Deadline::after(budget);
-    let deadline = request
-        .headers()
-        .get(eddy_resilience::deadline::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(Deadline::from_header)
-        .map_or(own, |theirs| theirs.min(own));
+    let theirs = if operational(request.extensions().get::<MatchedPath>()) {
+        None
+    } else {
+        request
+            .headers()
+            .get(eddy_resilience::deadline::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Deadline::from_header)
+    };
+    let deadline = theirs.map_or(own, |theirs| theirs.min(own));
+    let callers = theirs.is_some_and(|theirs| theirs < own);
     if deadline.is_expired() {
-        return problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "deadline-exceeded",
-            "The request's deadline has passed",
-            None,
-        );
+        return deadline_exceeded("The request's deadline had passed when it arrived");
     }
-    deadline.scope(next.run(request)).await
+    match tokio::time::timeout(deadline.remaining(), deadline.scope(next.run(request))).await {
+        Ok(response) => response,
+        Err(_) if callers => deadline_exceeded("The request's deadline passed while it ran"),
+        Err(_) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "The request ran out of time",
+            Some(format!("the server's budget is {} ms", budget.as_millis())),
+        ),
+    }
+}
+
+fn deadline_exceeded(title: &str) -> Response {
+    problem(
+        StatusCode::GATEWAY_TIMEOUT,
+        "deadline-exceeded",
+        title,
+        Some("the eddy-deadline the caller set was reached".to_owned()),
+    )
 }
 
 /// Counts the request under its route template (`unmatched` for none: never the raw

@@ -13,6 +13,7 @@
 pub mod broker;
 pub mod health;
 pub mod http;
+pub mod server;
 pub mod services;
 
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::http::StatusCode;
-use axum::Router;
+
 use eddy_outbox::{Relay, RelayConfig};
 use eddy_runtime::{supervise, Consumer, ConsumerConfig, RestartPolicy, RetryPolicy, Workers};
 use eddy_sql::{Db, DbConfig};
@@ -88,23 +89,6 @@ async fn open_services(config: &Config) -> anyhow::Result<Vec<ServiceDb>> {
     Ok(opened)
 }
 
-/// A server on `listener` until `stop`, as a task.
-fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    stop: CancellationToken,
-    what: &'static str,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "{what} stopped");
-        }
-    })
-}
-
 /// The embedded payment provider, when this process runs payments and the
 /// configuration wants it here: its address, its task, and the url payments calls.
 async fn start_provider(
@@ -120,7 +104,13 @@ async fn start_provider(
         .with_context(|| format!("cannot listen on {listen} for the payment provider"))?;
     let addr = listener.local_addr()?;
     let router = provider::Provider::new(config.provider.clone()).router();
-    let task = serve(listener, router, stop.clone(), "payment provider");
+    let task = server::serve(
+        listener,
+        router,
+        config.connection_limits(),
+        stop.clone(),
+        "payment provider",
+    );
     Ok((Some(addr), Some(task), format!("http://{addr}")))
 }
 
@@ -390,7 +380,13 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
         .merge(health::router().with_state(readiness))
         .split_for_parts();
     let router = platform_layers(routes.fallback(not_found), &config);
-    let http = serve(listener, router, http_stop.clone(), "HTTP server");
+    let http = server::serve(
+        listener,
+        router,
+        config.connection_limits(),
+        http_stop.clone(),
+        "HTTP server",
+    );
 
     Ok(Platform {
         api_addr,
