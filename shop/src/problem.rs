@@ -152,9 +152,180 @@ where
                     status,
                     kind,
                     "The request body was rejected",
-                    Some(rejection.body_text()),
+                    Some(readable(&rejection.body_text())),
                 ))
             }
         }
+    }
+}
+
+/// For an optional field that may be left out but not sent as `null`:
+/// `#[serde(default, deserialize_with = "not_null")]`.
+pub fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// `Query<T>` whose rejections (a malformed, missing or repeated parameter) are 400
+/// problems.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(problem(
+                StatusCode::BAD_REQUEST,
+                "invalid-query",
+                "The query string was rejected",
+                Some(
+                    readable(&rejection.body_text())
+                        .replace("duplicate field", "repeated parameter")
+                        .replace("missing field", "missing parameter"),
+                ),
+            )),
+        }
+    }
+}
+
+/// `Path<T>` whose rejections (e.g. a segment that is not UTF-8 once decoded) are 400
+/// problems.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) if rejection.status().is_server_error() => Err(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+                None,
+            )),
+            Err(rejection) => Err(problem(
+                StatusCode::BAD_REQUEST,
+                "invalid-path",
+                "The path was rejected",
+                Some(readable(&rejection.body_text())),
+            )),
+        }
+    }
+}
+
+/// The prefixes axum's rejections start with, which say what failed in its own terms.
+const REJECTION_PREFIXES: [&str; 5] = [
+    "Failed to deserialize the JSON body into the target type: ",
+    "Failed to parse the request body as JSON: ",
+    "Failed to deserialize query string: ",
+    "Invalid URL: ",
+    "Failed to buffer the request body: ",
+];
+
+/// A parser's message in a client's terms: the framework's prefix dropped and Rust's
+/// type names (`struct NewOrder`, `i64`, `enum X`) said in JSON's words.
+pub fn readable(message: &str) -> String {
+    let mut text = message;
+    for prefix in REJECTION_PREFIXES {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            text = rest;
+        }
+    }
+    let words: Vec<&str> = text.split(' ').collect();
+    let mut out: Vec<String> = Vec::with_capacity(words.len());
+    let mut i = 0;
+    while i < words.len() {
+        let word = words[i];
+        let (core, tail) = split_punctuation(word);
+        match core {
+            "struct" | "enum" | "tuple" if i + 1 < words.len() && is_type_name(words[i + 1]) => {
+                let (_, after) = split_punctuation(words[i + 1]);
+                let said = if core == "enum" {
+                    "one of the allowed values"
+                } else if core == "tuple" {
+                    "an array"
+                } else {
+                    "a JSON object"
+                };
+                if out.last().is_some_and(|w| w == "a" || w == "an") {
+                    out.pop();
+                }
+                out.push(format!("{said}{after}"));
+                i += 2;
+                continue;
+            }
+            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64"
+            | "u128" | "usize" => out.push(format!("an integer{tail}")),
+            "f32" | "f64" => out.push(format!("a number{tail}")),
+            _ => out.push(word.to_owned()),
+        }
+        i += 1;
+    }
+    out.join(" ")
+        .replace("invalid digit found in string", "not a whole number")
+        .replace(
+            "cannot parse integer from empty string",
+            "empty, where a whole number belongs",
+        )
+        .replace("number too large to fit in target type", "too large")
+        .replace("number too small to fit in target type", "too small")
+}
+
+fn split_punctuation(word: &str) -> (&str, &str) {
+    let end = word
+        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(word.len());
+    word.split_at(end)
+}
+
+fn is_type_name(word: &str) -> bool {
+    let (core, _) = split_punctuation(word);
+    core.chars().next().is_some_and(char::is_uppercase)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readable;
+
+    #[test]
+    fn rust_type_names_are_said_in_json_terms() {
+        assert_eq!(
+            readable("Failed to deserialize the JSON body into the target type: invalid type: sequence, expected struct NewOrder at line 1 column 1"),
+            "invalid type: sequence, expected a JSON object at line 1 column 1"
+        );
+        assert_eq!(
+            readable("lines[0].quantity: invalid type: string \"x\", expected i64 at line 1 column 40"),
+            "lines[0].quantity: invalid type: string \"x\", expected an integer at line 1 column 40"
+        );
+        assert_eq!(
+            readable("Failed to deserialize query string: limit: invalid digit found in string"),
+            "limit: not a whole number"
+        );
+        assert_eq!(
+            readable("expected enum Kind."),
+            "expected one of the allowed values."
+        );
     }
 }

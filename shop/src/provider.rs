@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ProviderConfig;
-use crate::problem::{problem, ApiJson};
+use crate::problem::{problem, ApiJson, ApiPath};
 
 #[derive(Debug, Clone)]
 pub struct Provider {
@@ -158,7 +158,7 @@ async fn decide_now(provider: &Provider, key: String, request: ChargeRequest) ->
 
 /// What became of the charge with this idempotency key; 404 when no request with it
 /// arrived (or it is older than the keys the provider remembers).
-async fn look_up(State(provider): State<Provider>, Path(key): Path<String>) -> Response {
+async fn look_up(State(provider): State<Provider>, ApiPath(key): ApiPath<String>) -> Response {
     if let Some((_, answer)) = provider.remembered(&key) {
         return Json(answer).into_response();
     }
@@ -175,7 +175,7 @@ async fn look_up(State(provider): State<Provider>, Path(key): Path<String>) -> R
 
 /// Refunds a captured charge; refunding it again answers the same. A declined charge
 /// took no money: 409.
-async fn refund(State(provider): State<Provider>, Path(key): Path<String>) -> Response {
+async fn refund(State(provider): State<Provider>, ApiPath(key): ApiPath<String>) -> Response {
     let mut answers = provider.answers.lock().unwrap_or_else(|p| p.into_inner());
     let Some((_, answer)) = answers.by_key.get_mut(&key) else {
         return unknown_charge();

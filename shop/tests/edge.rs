@@ -288,3 +288,66 @@ async fn probes_ignore_a_client_deadline_and_application_requests_past_it_get_50
         .ends_with("deadline-exceeded"));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_outside_the_json_body_are_problems_a_user_can_act_on() {
+    let app = spawn_app(|_| {}).await;
+    let get = |target: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes()
+    };
+    for (target, mentions) in [
+        ("/v1/customers/alice/orders?limit=abc", "limit"),
+        ("/v1/customers/alice/orders?limit=1.5", "limit"),
+        ("/v1/customers/alice/orders?limit=5&limit=6", "limit"),
+        ("/v1/payments", "order_id"),
+        ("/v1/payments?order_id=a&order_id=b", "order_id"),
+        ("/v1/orders/%FF%FE", "UTF-8"),
+    ] {
+        let response = raw(&app, &get(target)).await;
+        assert_eq!(response.status, 400, "{target}: {response:?}");
+        let problem = response.problem();
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(mentions), "{target}: {detail}");
+    }
+
+    // A method a path does not take: 405, a problem, and the methods it does take.
+    for request in [
+        b"DELETE /v1/products HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        b"FOOBAR /v1/orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    ] {
+        let response = raw(&app, &request).await;
+        assert_eq!(response.status, 405, "{response:?}");
+        assert!(response.header("allow").is_some_and(|a| a.contains("POST")));
+        response.problem();
+    }
+
+    // A body of the wrong shape: the message names JSON's types, not Rust's.
+    let response = app
+        .http
+        .post(format!("{}/v1/orders", app.base))
+        .header("content-type", "application/json")
+        .body("[1, 2]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let problem: Value = response.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(!detail.contains("struct"), "{detail}");
+    assert!(!detail.contains("NewOrder"), "{detail}");
+    let response = app
+        .http
+        .post(format!("{}/v1/orders", app.base))
+        .header("content-type", "application/json")
+        .body(r#"{"customer_id": "a", "lines": [{"product_id": "p", "quantity": "many"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    let problem: Value = response.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("an integer") && !detail.contains("i64"),
+        "{detail}"
+    );
+    app.stop().await;
+}

@@ -24,5 +24,5 @@ pub mod timed;
 
 pub use exporter::{Exporter, LagProbe};
 pub use logs::init_logs;
-pub use metrics::{prometheus, record_http};
+pub use metrics::{known_method, prometheus, record_http};
 pub use timed::Timed;

@@ -2,7 +2,7 @@
 
 use crate::contracts::values::{Currency, Invalid, Money, ProductId, Timestamp, AMOUNT_CENTS_MAX};
 
-/// Longest SKU, in bytes.
+/// Longest SKU, in characters.
 pub const SKU_LEN_MAX: usize = 64;
 /// Longest product name, in characters.
 pub const NAME_LEN_MAX: usize = 200;
@@ -15,10 +15,10 @@ pub struct Sku(String);
 
 impl Sku {
     pub fn parse(text: &str) -> Result<Self, Invalid> {
-        if text.trim().is_empty() || text.len() > SKU_LEN_MAX {
+        if text.trim().is_empty() || text.chars().count() > SKU_LEN_MAX {
             return Err(Invalid::new(
                 "invalid-sku",
-                format!("sku must be 1 to {SKU_LEN_MAX} bytes"),
+                format!("sku must be 1 to {SKU_LEN_MAX} characters"),
             ));
         }
         Ok(Self(text.to_owned()))
@@ -69,16 +69,22 @@ impl Stock {
     }
 }
 
-/// A price in cents (its currency is the product's).
+/// Cheapest price: one cent. A product priced 0 could be created but never sold — the
+/// payment provider refuses a charge of 0, so every order for it would end
+/// `payment_failed` — and the shop has no free-order path.
+pub const PRICE_CENTS_MIN: i64 = 1;
+
+/// A price in cents (its currency is the product's): [`PRICE_CENTS_MIN`] to
+/// [`AMOUNT_CENTS_MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PriceCents(i64);
 
 impl PriceCents {
     pub fn parse(cents: i64) -> Result<Self, Invalid> {
-        if !(0..=AMOUNT_CENTS_MAX).contains(&cents) {
+        if !(PRICE_CENTS_MIN..=AMOUNT_CENTS_MAX).contains(&cents) {
             return Err(Invalid::new(
                 "invalid-price",
-                format!("price_cents must be between 0 and {AMOUNT_CENTS_MAX}"),
+                format!("price_cents must be between {PRICE_CENTS_MIN} and {AMOUNT_CENTS_MAX}"),
             ));
         }
         Ok(Self(cents))
@@ -199,6 +205,10 @@ mod tests {
             "invalid-name"
         );
         assert_eq!(code(new("s", "Mug", -1, "EUR", 1)), "invalid-price");
+        // Free products cannot be paid for: refused rather than sold into payment_failed.
+        assert_eq!(code(new("s", "Mug", 0, "EUR", 1)), "invalid-price");
+        // Lengths are characters, as the API document counts them.
+        assert!(new(&"é".repeat(SKU_LEN_MAX), "Mug", 1, "EUR", 1).is_ok());
         assert_eq!(
             code(new("s", "Mug", AMOUNT_CENTS_MAX + 1, "EUR", 1)),
             "invalid-price"

@@ -1,6 +1,6 @@
 //! `/v1/products`: create, read and change products.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -12,17 +12,24 @@ use super::events::{self, StockSet};
 use super::store;
 use crate::contracts::values::{ProductId, Timestamp};
 use crate::contracts::CATALOG_TOPIC;
-use crate::problem::{ApiError, ApiJson};
+use crate::problem::{ApiError, ApiJson, ApiPath};
 use crate::service::ServiceDb;
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
+    /// Unique per product; not blank.
+    #[schema(min_length = 1, max_length = 64, pattern = "\\S")]
     pub sku: String,
+    /// Not blank.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
+    #[schema(minimum = 1, maximum = 10_000_000_000_i64)]
     pub price_cents: i64,
     /// ISO 4217, e.g. `EUR`.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: i64,
 }
 
@@ -30,10 +37,17 @@ pub struct NewProduct {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductUpdate {
+    /// Leave out to keep; `null` is refused.
+    #[serde(default, deserialize_with = "crate::problem::not_null")]
+    #[schema(nullable = false, minimum = 1, maximum = 10_000_000_000_i64)]
     pub price_cents: Option<i64>,
     /// The figure the product should show. Sent on to inventory as the difference to
     /// the figure shown now, so units reserved by orders in flight stay reserved.
+    #[serde(default, deserialize_with = "crate::problem::not_null")]
+    #[schema(nullable = false, minimum = 0, maximum = 1_000_000_000)]
     pub stock: Option<i64>,
+    #[serde(default, deserialize_with = "crate::problem::not_null")]
+    #[schema(nullable = false, min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: Option<String>,
 }
 
@@ -123,7 +137,7 @@ pub async fn create(
     ))]
 pub async fn read(
     State(service): State<ServiceDb>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ProductView>, ApiError> {
     let mut conn = service.db.pool().acquire().await?;
     store::load(&mut conn, &id)
@@ -142,7 +156,7 @@ pub async fn read(
     ))]
 pub async fn update(
     State(service): State<ServiceDb>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(update): ApiJson<ProductUpdate>,
 ) -> Result<Json<ProductView>, ApiError> {
     let change = ProductChange::parse(update.price_cents, update.stock, update.name.as_deref())?;

@@ -45,12 +45,12 @@ macro_rules! text_id {
         pub struct $name(String);
 
         impl $name {
-            /// Non-blank, at most the limit in bytes.
+            /// Non-blank, at most the limit in characters (as the API document counts).
             pub fn parse(text: &str) -> Result<Self, Invalid> {
-                if text.trim().is_empty() || text.len() > $len_max {
+                if text.trim().is_empty() || text.chars().count() > $len_max {
                     return Err(Invalid::new(
                         $code,
-                        format!(concat!($what, " must be 1 to {} bytes"), $len_max),
+                        format!(concat!($what, " must be 1 to {} characters"), $len_max),
                     ));
                 }
                 Ok(Self(text.to_owned()))

@@ -12,7 +12,7 @@ use crate::contracts::values::{
 pub const LINES_MAX: usize = 50;
 /// Most units of one product on one line.
 pub const QUANTITY_MAX: i64 = 1_000;
-/// Longest `Idempotency-Key`, in bytes.
+/// Longest `Idempotency-Key`, in characters (visible ASCII: one byte each).
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 200;
 
 /// Units of a product on one line: 1 to [`QUANTITY_MAX`].
@@ -41,12 +41,12 @@ impl Quantity {
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
-    /// 1 to [`IDEMPOTENCY_KEY_LEN_MAX`] bytes of header text.
+    /// 1 to [`IDEMPOTENCY_KEY_LEN_MAX`] characters of header text.
     pub fn parse(text: &str) -> Result<Self, Invalid> {
         if text.is_empty() || text.len() > IDEMPOTENCY_KEY_LEN_MAX {
             return Err(Invalid::new(
                 "invalid-idempotency-key",
-                format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_LEN_MAX} bytes"),
+                format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_LEN_MAX} characters"),
             ));
         }
         Ok(Self(text.to_owned()))
@@ -151,6 +151,17 @@ pub fn price(
         let unit_price = *prices
             .get(&line.product_id)
             .ok_or_else(|| unknown(line.product_id.as_str()))?;
+        if unit_price.cents() == 0 {
+            // Catalog refuses price 0 now; a product priced 0 before that rule cannot be
+            // paid for (the provider refuses a charge of 0), so it is not for sale.
+            return Err(Invalid::new(
+                "not-for-sale",
+                format!(
+                    "product {} has no price and cannot be ordered",
+                    line.product_id
+                ),
+            ));
+        }
         if total.is_some_and(|t| t.currency() != unit_price.currency()) {
             return Err(Invalid::new(
                 "mixed-currencies",

@@ -1,7 +1,7 @@
 //! `/v1/orders` and `/v1/customers/{id}/orders`: place orders (idempotent per
 //! `Idempotency-Key`) and read them.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +14,7 @@ use super::domain::{self, Cursor, IdempotencyKey, OrderRequest};
 use super::{events, store};
 use crate::contracts::values::{OrderId, Timestamp};
 use crate::contracts::ORDERS_TOPIC;
-use crate::problem::{ApiError, ApiJson, Problem};
+use crate::problem::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use crate::service::ServiceDb;
 
 /// Orders per page when the client gives no `limit`.
@@ -25,16 +25,18 @@ pub const PAGE_LEN_MAX: i64 = 100;
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     pub customer_id: String,
-    /// 1 to 50 lines.
+    #[schema(min_items = 1, max_items = 50)]
     pub lines: Vec<NewLine>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewLine {
+    #[schema(min_length = 1, max_length = 64, pattern = "\\S")]
     pub product_id: String,
-    /// 1 to 1,000.
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
 }
 
@@ -90,7 +92,8 @@ impl From<domain::Order> for OrderView {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    /// Orders per page, 1 to 100 (default 20).
+    /// Orders per page (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -122,9 +125,17 @@ fn accepted(order: domain::Order, replayed: bool) -> Response {
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        // Which one would the client mean? Guessing could place a second order.
+        return Err(ApiError::BadRequest(
+            "invalid-idempotency-key",
+            "give Idempotency-Key once".to_owned(),
+        ));
+    }
     let text = value.to_str().map_err(|_| {
         ApiError::BadRequest(
             "invalid-idempotency-key",
@@ -139,7 +150,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
 /// Place an order: priced from orders' copy of the catalog, stored with its
 /// `OrderPlaced` in one transaction. The saga settles it a moment later.
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = NewOrder,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Repeat a request with the same key to get the same order back (1 to 200 bytes)")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, description = "Repeat a request with the same key to get the same order back. Visible ASCII; give it at most once")),
     responses(
         (status = 202, description = "Placed (PENDING); with `idempotent-replayed: true` when the key was used before", body = OrderView),
         (status = 400, description = "A malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
@@ -223,7 +234,7 @@ async fn replay(
     ))]
 pub async fn read(
     State(service): State<ServiceDb>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<OrderView>, ApiError> {
     let mut conn = service.db.pool().acquire().await?;
     store::load(&mut conn, &id)
@@ -241,17 +252,16 @@ pub async fn read(
     ))]
 pub async fn list_for_customer(
     State(service): State<ServiceDb>,
-    Path(customer_id): Path<String>,
-    Query(query): Query<PageQuery>,
+    ApiPath(customer_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page>, ApiError> {
     let limit = query.limit.unwrap_or(PAGE_LEN_DEFAULT);
-    if limit < 1 {
+    if !(1..=PAGE_LEN_MAX).contains(&limit) {
         return Err(ApiError::BadRequest(
             "invalid-limit",
-            "limit must be at least 1".to_owned(),
+            format!("limit must be 1 to {PAGE_LEN_MAX}"),
         ));
     }
-    let limit = limit.min(PAGE_LEN_MAX);
     let cursor = query
         .cursor
         .as_deref()

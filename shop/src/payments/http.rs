@@ -1,6 +1,6 @@
 //! `/v1/payments`: the charges of an order.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
@@ -8,7 +8,7 @@ use utoipa_axum::routes;
 
 use super::store;
 use crate::contracts::values::Timestamp;
-use crate::problem::ApiError;
+use crate::problem::{ApiError, ApiQuery};
 use crate::service::ServiceDb;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -53,7 +53,7 @@ pub fn router() -> OpenApiRouter<ServiceDb> {
     ))]
 pub async fn list(
     State(service): State<ServiceDb>,
-    Query(query): Query<ChargesQuery>,
+    ApiQuery(query): ApiQuery<ChargesQuery>,
 ) -> Result<Json<Charges>, ApiError> {
     let items = store::of_order(service.db.pool(), &query.order_id)
         .await?

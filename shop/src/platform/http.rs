@@ -66,6 +66,7 @@ pub fn platform_layers(api: Router, config: &Config) -> Router {
     .layer(middleware::from_fn(move |request: Request, next: Next| {
         read_body(body, request, next)
     }))
+    .layer(middleware::from_fn(ensure_problem))
     .layer(middleware::from_fn(record_http))
     .layer(axum::extract::DefaultBodyLimit::max(
         config.server.body_limit_bytes,
@@ -242,6 +243,40 @@ fn deadline_exceeded(title: &str) -> Response {
         title,
         Some("the eddy-deadline the caller set was reached".to_owned()),
     )
+}
+
+/// Longest plain-text error body carried over into a problem's detail.
+const PLAIN_ERROR_LEN_MAX: usize = 4096;
+
+/// Every error the application answers is a problem: one that some layer or extractor
+/// wrote as plain text (or with no body) is rewritten as `application/problem+json`,
+/// its text (in a client's terms) as the detail.
+async fn ensure_problem(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == b"application/problem+json")
+    {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, PLAIN_ERROR_LEN_MAX)
+        .await
+        .ok()
+        .map(|b| crate::problem::readable(String::from_utf8_lossy(&b).trim()))
+        .filter(|t| !t.is_empty());
+    let title = status.canonical_reason().unwrap_or("Error");
+    let kind = title.to_ascii_lowercase().replace(' ', "-");
+    let mut rewritten = problem(status, &kind, title, text);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rewritten.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rewritten
 }
 
 /// Counts the request under its route template (`unmatched` for none: never the raw

@@ -379,7 +379,12 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
         .routes
         .merge(health::router().with_state(readiness))
         .split_for_parts();
-    let router = platform_layers(routes.fallback(not_found), &config);
+    let router = platform_layers(
+        routes
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed),
+        &config,
+    );
     let http = server::serve(
         listener,
         router,
@@ -401,6 +406,18 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
         workers: running.workers,
         shutdown_timeout: Duration::from_millis(config.server.shutdown_timeout_ms),
     })
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> axum::response::Response {
+    problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        Some(format!(
+            "this path does not take {}; the Allow header lists the methods it takes",
+            eddy_telemetry::known_method(&method)
+        )),
+    )
 }
 
 async fn not_found() -> axum::response::Response {
