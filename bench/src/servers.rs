@@ -255,7 +255,7 @@ fn app(kind: &str, stub_url: &str) -> anyhow::Result<Router> {
             // The benchmark's load exceeds the platform's default shedding point on purpose
             // only in S1 (1,000 connections); give it room so shedding is not measured.
             config.server.concurrency_limit = 8192;
-            shop::platform::platform_layers(router, &config)
+            shop::platform::platform_layers(router, &config)?
         }
         "raw" | "stub" => router,
         other => anyhow::bail!("unknown server kind {other}"),

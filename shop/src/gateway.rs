@@ -19,7 +19,8 @@ use crate::config::Config;
 use crate::problem::problem;
 
 /// Request headers passed to the service.
-const FORWARDED_REQUEST: [&str; 5] = [
+const FORWARDED_REQUEST: [&str; 6] = [
+    "authorization",
     "content-type",
     "idempotency-key",
     "eddy-deadline",
@@ -27,7 +28,13 @@ const FORWARDED_REQUEST: [&str; 5] = [
     "tracestate",
 ];
 /// Response headers passed back to the client.
-const FORWARDED_RESPONSE: [&str; 3] = ["content-type", "retry-after", "idempotent-replayed"];
+const FORWARDED_RESPONSE: [&str; 5] = [
+    "content-type",
+    "retry-after",
+    "idempotent-replayed",
+    "allow",
+    "www-authenticate",
+];
 
 #[derive(Debug, Clone)]
 struct Gateway {
@@ -90,12 +97,19 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
         notifications: Arc::from(config.gateway.notifications_url.trim_end_matches('/')),
         body_limit: config.server.body_limit_bytes,
     };
+    // Bad tokens stop here, counted and rate-limited per real client address (behind
+    // the gateway, the services see only the gateway's); the services decide who may
+    // do what.
+    let authenticator = crate::auth::Authenticator::new(&config.auth)?;
     Ok(Router::new()
         .route("/health/live", get(crate::platform::health::live))
         .route("/health/ready", get(ready))
         .route("/openapi.json", get(crate::platform::health::openapi))
         .route("/metrics", get(crate::platform::health::metrics_text))
         .fallback(proxy)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            authenticator.clone().layer(request, next)
+        }))
         .layer(axum::middleware::from_fn(record))
         .with_state(gateway))
 }

@@ -31,6 +31,7 @@
 //!
 //! `main.rs` only parses the command line.
 
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod contracts;

@@ -7,6 +7,7 @@
 //! it is a closed loop of `--concurrency` workers. At the end it waits for the placed
 //! orders to settle and counts how they ended.
 
+use reqwest::header::{HeaderValue, AUTHORIZATION};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,49 @@ pub struct LoadArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// The platform's configuration file: with `[auth]` on, the demo signs its own
+    /// tokens with its key (an operator's for products and reads, each customer's for
+    /// their orders). `EDDY_AUTH__*` variables work as for the platform.
+    #[arg(long, short)]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// Customers the demo places orders for.
+const CUSTOMERS: usize = 1000;
+
+/// `Authorization` values, when the platform wants them.
+#[derive(Debug, Clone, Default)]
+struct Tokens {
+    operator: Option<HeaderValue>,
+    /// One per customer index.
+    customers: Arc<Vec<HeaderValue>>,
+}
+
+fn bearer(token: &str) -> anyhow::Result<HeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+impl Tokens {
+    fn of(config: &crate::config::Config, run_id: &str) -> anyhow::Result<Self> {
+        use crate::auth::{mint, Role};
+        if !config.auth.enabled {
+            return Ok(Self::default());
+        }
+        let operator = bearer(&mint(&config.auth, Role::Operator, "demo-operator")?)?;
+        let customers = (0..CUSTOMERS)
+            .map(|i| bearer(&mint(&config.auth, Role::Customer, &customer(run_id, i))?))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            operator: Some(operator),
+            customers: Arc::new(customers),
+        })
+    }
+}
+
+fn customer(run_id: &str, i: usize) -> String {
+    format!("demo-{run_id}-{i}")
 }
 
 /// The demo's traffic: reads of orders and products, and placements of 1–3 lines.
@@ -54,6 +98,7 @@ struct Mix {
     products: Arc<Vec<String>>,
     /// Orders placed so far (reads pick among them).
     orders: Arc<Mutex<Vec<String>>>,
+    tokens: Tokens,
 }
 
 impl Mix {
@@ -99,11 +144,16 @@ impl Mix {
         let lines: Vec<Value> = (0..rng.gen_range(1..=3))
             .map(|_| json!({"product_id": self.products[rng.gen_range(0..self.products.len())], "quantity": rng.gen_range(1..=3)}))
             .collect();
-        let customer = format!("demo-{}-{}", self.run_id, rng.gen_range(0..1000));
-        self.http
+        let index = rng.gen_range(0..CUSTOMERS);
+        let mut request = self
+            .http
             .post(format!("{}/v1/orders", self.base))
             .header("idempotency-key", uuid::Uuid::now_v7().to_string())
-            .json(&json!({"customer_id": customer, "lines": lines}))
+            .json(&json!({"customer_id": customer(&self.run_id, index), "lines": lines}));
+        if let Some(token) = self.tokens.customers.get(index) {
+            request = request.header(AUTHORIZATION, token.clone());
+        }
+        request
     }
 }
 
@@ -156,9 +206,18 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     if args.concurrency == 0 || args.products == 0 {
         bail!("--concurrency and --products must be at least 1");
     }
+    let config = crate::config::Config::load(args.config.as_deref())?;
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let tokens = Tokens::of(&config, &run_id)?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(operator) = &tokens.operator {
+        // Requests that set their own (a customer's) keep it.
+        headers.insert(AUTHORIZATION, operator.clone());
+    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(args.concurrency)
+        .default_headers(headers)
         .build()?;
     let base = args.target.trim_end_matches('/').to_owned();
     http.get(format!("{base}/health/ready"))
@@ -166,7 +225,6 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         .await
         .and_then(|r| r.error_for_status())
         .with_context(|| format!("the platform at {base} is not ready"))?;
-    let run_id = uuid::Uuid::now_v7().simple().to_string();
     let products = create_products(&http, &base, &run_id, &args).await?;
     let probe = first_order(&http, &base, &run_id, &products).await?;
     let mix = Mix {
@@ -176,6 +234,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         read_ratio: args.read_ratio,
         products: Arc::new(products),
         orders: Arc::new(Mutex::new(vec![probe])),
+        tokens,
     };
     let orders = mix.orders.clone();
     let tally = send_traffic(mix, &args).await;

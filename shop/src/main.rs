@@ -37,6 +37,42 @@ enum Command {
     Gateway(ServeArgs),
     /// Send realistic traffic to a running platform and report.
     Demo(shop::load::LoadArgs),
+    /// Print a bearer token for development, signed with the configured key.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["customer", "operator"])))]
+struct TokenArgs {
+    /// A customer's token: reads and places that customer's orders.
+    #[arg(long)]
+    customer: Option<String>,
+    /// An operator's token (changes the catalog, reads everything), under this name.
+    #[arg(long, num_args = 0..=1, default_missing_value = "operator")]
+    operator: Option<String>,
+    /// A TOML configuration file (its `[auth]` section).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    use shop::auth::Role;
+    let config = Config::load(args.config.as_deref())?;
+    let (role, subject) = match (args.customer, args.operator) {
+        (Some(customer), _) => (Role::Customer, customer),
+        (None, Some(operator)) => (Role::Operator, operator),
+        (None, None) => anyhow::bail!("give --customer ID or --operator"),
+    };
+    if subject.trim().is_empty() {
+        anyhow::bail!("the token's subject must not be blank");
+    }
+    if !config.auth.enabled {
+        eprintln!(
+            "note: auth is off in this configuration; the platform will not ask for this token"
+        );
+    }
+    println!("{}", shop::auth::mint(&config.auth, role, &subject)?);
+    Ok(())
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -78,6 +114,7 @@ async fn main() {
         Command::Serve(args) => serve(args).await,
         Command::Provider(args) => provider(args).await,
         Command::Gateway(args) => gateway(args).await,
+        Command::Token(args) => token(args),
         Command::Demo(args) => match shop::load::run(args).await {
             Ok(report) => {
                 println!("{report}");
@@ -95,6 +132,7 @@ async fn main() {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     eddy_telemetry::init_logs(&config.log_level, config.log_json);
+    warn_if_open(&config);
     let json = config.log_json;
     let banner_of = banner(&config);
     let platform = shop::platform::start(config).await?;
@@ -148,6 +186,15 @@ fn banner(config: &Config) -> impl Fn(&str) -> Vec<String> {
     .map(|(_, route)| route)
     .collect();
     let demo = runs(ServiceName::Catalog) && runs(ServiceName::Orders);
+    let auth = if config.auth.enabled {
+        format!(
+            "  auth       bearer tokens ({:?}); for development: shop token --operator | --customer ID",
+            config.auth.algorithm
+        )
+    } else {
+        "  auth       OFF (development mode): anyone can change the catalog and read every order"
+            .to_owned()
+    };
     move |base: &str| {
         let mut lines = vec![format!("Eddy shop is running {what}{data}.")];
         if routes.is_empty() {
@@ -163,12 +210,22 @@ fn banner(config: &Config) -> impl Fn(&str) -> Vec<String> {
             "  health     {base}/health/live, {base}/health/ready"
         ));
         lines.push(format!("  metrics    {base}/metrics"));
+        lines.push(auth.clone());
         if demo {
             lines.push(format!(
                 "  try        cargo run --release -p shop -- demo --target {base}"
             ));
         }
         lines
+    }
+}
+
+/// Development mode says so in the log, where an operator looks, not only in the banner.
+fn warn_if_open(config: &Config) {
+    if !config.auth.enabled {
+        tracing::warn!(
+            "auth is OFF: development mode, anyone who can reach this process can change the catalog and read every order; set [auth] enabled = true (docs/configuration.md)"
+        );
     }
 }
 
@@ -215,10 +272,14 @@ async fn provider(args: ServeArgs) -> anyhow::Result<()> {
         "payment provider listening on http://{}",
         listener.local_addr()?
     );
+    let limits = config.connection_limits();
     let router = shop::provider::Provider::new(config.provider).router();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let served =
+        shop::platform::server::serve(listener, router, limits, stop.clone(), "payment provider");
+    shutdown_signal().await;
+    stop.cancel();
+    served.await?;
     Ok(())
 }
 
@@ -228,6 +289,7 @@ async fn gateway(args: ServeArgs) -> anyhow::Result<()> {
         config.gateway.listen = listen;
     }
     eddy_telemetry::init_logs(&config.log_level, config.log_json);
+    warn_if_open(&config);
     let stop = tokio_util::sync::CancellationToken::new();
     let signalled = stop.clone();
     tokio::spawn(async move {
@@ -273,6 +335,23 @@ mod tests {
         let explicit = Cli::try_parse_from(["shop", "serve", "--config", "x.toml"])
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(explicit.command, Some(Command::Serve(args)) if args.config.is_some()));
+    }
+
+    /// `shop token --operator` (name optional) or `--customer ID`, one of them.
+    #[test]
+    fn token_takes_a_customer_or_an_operator() {
+        let cli =
+            Cli::try_parse_from(["shop", "token", "--operator"]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(cli.command, Some(Command::Token(t)) if t.operator.as_deref() == Some("operator"))
+        );
+        let cli = Cli::try_parse_from(["shop", "token", "--customer", "alice"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(cli.command, Some(Command::Token(t)) if t.customer.as_deref() == Some("alice"))
+        );
+        assert!(Cli::try_parse_from(["shop", "token"]).is_err());
+        assert!(Cli::try_parse_from(["shop", "token", "--customer", "a", "--operator"]).is_err());
     }
 
     /// A process advertises only what it serves.

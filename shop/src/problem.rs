@@ -26,6 +26,12 @@ pub enum ApiError {
     Unprocessable(&'static str, String),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// No token where one is needed (401).
+    #[error("authentication required")]
+    Unauthenticated,
+    /// A valid token without the right (403).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{1}")]
     Conflict(&'static str, String),
     #[error("{0}")]
@@ -96,6 +102,15 @@ impl IntoResponse for ApiError {
                 "not-found",
                 "Not found",
                 Some(format!("no such {what}")),
+            ),
+            ApiError::Unauthenticated => crate::auth::unauthenticated(
+                "send `Authorization: Bearer <token>` (`shop token` makes one for development)",
+            ),
+            ApiError::Forbidden(detail) => problem(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Not allowed",
+                Some(detail),
             ),
             ApiError::Conflict(kind, detail) => {
                 problem(StatusCode::CONFLICT, kind, "Conflict", Some(detail))

@@ -16,9 +16,15 @@ const DEAD: &str = "http://127.0.0.1:9";
 async fn gateway(
     tweak: impl FnOnce(&mut shop::config::GatewayConfig),
 ) -> (String, CancellationToken) {
+    gateway_with(|c| tweak(&mut c.gateway)).await
+}
+
+async fn gateway_with(
+    tweak: impl FnOnce(&mut shop::config::Config),
+) -> (String, CancellationToken) {
     let mut config = shop::config::Config::default();
     config.gateway.listen = "127.0.0.1:0".parse().unwrap();
-    tweak(&mut config.gateway);
+    tweak(&mut config);
     let listener = tokio::net::TcpListener::bind(config.gateway.listen)
         .await
         .unwrap();
@@ -26,12 +32,13 @@ async fn gateway(
     let router = shop::gateway::router(&config).unwrap();
     let stop = CancellationToken::new();
     let stopping = stop.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stopping.cancelled_owned())
-            .await
-            .unwrap();
-    });
+    shop::platform::server::serve(
+        listener,
+        router,
+        config.connection_limits(),
+        stopping,
+        "gateway",
+    );
     (base, stop)
 }
 
@@ -97,5 +104,57 @@ async fn the_gateway_is_ready_only_when_every_service_is_and_names_the_one_that_
     for stop in [stop_ready, stop_blind, stop_dead] {
         stop.cancel();
     }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_forwards_tokens_and_stops_bad_ones_itself() {
+    use shop::auth::{mint, Role};
+    let auth = shop::config::AuthConfig {
+        enabled: true,
+        secret: shop::config::Secret::new("a-gateway-test-secret-of-32-bytes-at-least"),
+        ..shop::config::AuthConfig::default()
+    };
+    let on_app = auth.clone();
+    let app = spawn_app(move |c| c.auth = on_app).await;
+    let base = app.base.clone();
+    let on_gateway = auth.clone();
+    let (gateway, stop) = gateway_with(move |c| {
+        c.auth = on_gateway;
+        c.gateway.catalog_url = base.clone();
+        c.gateway.orders_url = base.clone();
+        c.gateway.payments_url = base;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let product = serde_json::json!({"sku": "gw-1", "name": "Thing", "price_cents": 100, "currency": "EUR", "stock": 1});
+    let operator = mint(&auth, Role::Operator, "ops").unwrap();
+    let created = http
+        .post(format!("{gateway}/v1/products"))
+        .bearer_auth(&operator)
+        .json(&product)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "the token reached catalog");
+    let anonymous = http
+        .post(format!("{gateway}/v1/products"))
+        .json(&product)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
+    let forged = http
+        .post(format!("{gateway}/v1/products"))
+        .bearer_auth("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.AAAA")
+        .json(&product)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let problem: Value = forged.json().await.unwrap();
+    assert_eq!(problem["status"], 401);
+    stop.cancel();
     app.stop().await;
 }

@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 use super::domain::{self, ProductChange};
 use super::events::{self, StockSet};
 use super::store;
+use crate::auth::Caller;
 use crate::contracts::values::{ProductId, Timestamp};
 use crate::contracts::CATALOG_TOPIC;
 use crate::problem::{ApiError, ApiJson, ApiPath};
@@ -96,8 +97,10 @@ pub fn router() -> OpenApiRouter<ServiceDb> {
     ))]
 pub async fn create(
     State(service): State<ServiceDb>,
+    caller: Caller,
     ApiJson(new): ApiJson<NewProduct>,
 ) -> Result<(StatusCode, Json<ProductView>), ApiError> {
+    caller.operator()?;
     let product = domain::NewProduct::parse(
         &new.sku,
         &new.name,
@@ -156,9 +159,11 @@ pub async fn read(
     ))]
 pub async fn update(
     State(service): State<ServiceDb>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(update): ApiJson<ProductUpdate>,
 ) -> Result<Json<ProductView>, ApiError> {
+    caller.operator()?;
     let change = ProductChange::parse(update.price_cents, update.stock, update.name.as_deref())?;
     let mut tx = service.db.begin().await?;
     let Some(stock_delta) = store::update(&mut tx, &id, &change, service.now()).await? else {

@@ -18,6 +18,9 @@ pub use sections::*;
 
 use crate::service::ServiceName;
 
+/// Shortest HS256 secret accepted: 256 bits, as RFC 7518 requires for HS256.
+pub const AUTH_SECRET_LEN_MIN: usize = 32;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -35,6 +38,7 @@ pub struct Config {
     pub services: Vec<ServiceName>,
     pub gateway: GatewayConfig,
     pub server: ServerConfig,
+    pub auth: AuthConfig,
     pub databases: DatabasesConfig,
     pub provider: ProviderConfig,
     pub payments: PaymentsConfig,
@@ -59,6 +63,7 @@ impl Default for Config {
             services: ServiceName::ALL.to_vec(),
             gateway: GatewayConfig::default(),
             server: ServerConfig::default(),
+            auth: AuthConfig::default(),
             databases: DatabasesConfig::default(),
             provider: ProviderConfig::default(),
             payments: PaymentsConfig::default(),
@@ -164,6 +169,7 @@ impl Config {
                 self.orders.pending_timeout_secs
             ));
         }
+        self.auth_problems(&mut problems);
         if self.services.is_empty() {
             problems.push("services must name at least one service".to_owned());
         }
@@ -180,7 +186,7 @@ impl Config {
     }
 
     /// Settings where 0 would stall or refuse everything.
-    fn positive_settings(&self) -> [(&'static str, u64); 27] {
+    fn positive_settings(&self) -> [(&'static str, u64); 30] {
         let size = |n: usize| n as u64;
         [
             (
@@ -210,6 +216,15 @@ impl Config {
                 self.server.oversized_drain_max_bytes,
             ),
             ("server.connections_max", size(self.server.connections_max)),
+            (
+                "auth.failures_per_minute_max",
+                u64::from(self.auth.failures_per_minute_max),
+            ),
+            (
+                "auth.tracked_clients_max",
+                size(self.auth.tracked_clients_max),
+            ),
+            ("auth.token_ttl_secs", self.auth.token_ttl_secs),
             (
                 "databases.max_connections",
                 u64::from(self.databases.max_connections),
@@ -290,6 +305,46 @@ impl Config {
             format!("sqlite://{}", self.data_dir.join(file).display())
         } else {
             configured.clone()
+        }
+    }
+
+    /// Auth settings that cannot work, and an open listener without auth.
+    fn auth_problems(&self, problems: &mut Vec<String>) {
+        let auth = &self.auth;
+        if auth.enabled {
+            match auth.algorithm {
+                TokenAlgorithm::HS256 if auth.secret.expose().len() < AUTH_SECRET_LEN_MIN => {
+                    problems.push(format!(
+                        "auth.secret must be at least {AUTH_SECRET_LEN_MIN} bytes for HS256 (set EDDY_AUTH__SECRET)"
+                    ));
+                }
+                TokenAlgorithm::RS256 | TokenAlgorithm::EdDSA
+                    if auth.public_key_file.as_os_str().is_empty() =>
+                {
+                    problems.push(format!(
+                        "auth.public_key_file is required for {:?}",
+                        auth.algorithm
+                    ));
+                }
+                _ => {}
+            }
+            return;
+        }
+        if auth.allow_open_network {
+            return;
+        }
+        let mut open: Vec<String> = Vec::new();
+        if !self.server.listen.ip().is_loopback() {
+            open.push(format!("server.listen ({})", self.server.listen));
+        }
+        if !self.gateway.listen.ip().is_loopback() {
+            open.push(format!("gateway.listen ({})", self.gateway.listen));
+        }
+        if !open.is_empty() {
+            problems.push(format!(
+                "{} is not a loopback address and auth is off: anyone who can reach it could change the catalog and read every order. Turn auth on ([auth] enabled = true, with a key), or set auth.allow_open_network = true to accept that",
+                open.join(" and ")
+            ));
         }
     }
 

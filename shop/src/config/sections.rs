@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -474,4 +475,94 @@ where
             (k, text)
         })
         .collect())
+}
+
+/// Text that must not be printed: `Debug` shows `[redacted]`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "[empty]"
+        } else {
+            "[redacted]"
+        })
+    }
+}
+
+/// How bearer tokens are signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenAlgorithm {
+    /// HMAC-SHA256 with `auth.secret` (the default).
+    HS256,
+    /// RSA PKCS#1 v1.5 with SHA-256; verified with `auth.public_key_file`.
+    RS256,
+    /// Ed25519; verified with `auth.public_key_file`.
+    EdDSA,
+}
+
+/// `[auth]`: who may do what. Off by default (development mode, said loudly at start).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require a signed bearer token for everything but product reads, probes, metrics
+    /// and the API document. Default `false`.
+    pub enabled: bool,
+    /// `HS256`, `RS256` or `EdDSA`. Default `HS256`.
+    pub algorithm: TokenAlgorithm,
+    /// HS256's shared secret, at least 32 bytes; give it as `EDDY_AUTH__SECRET` rather
+    /// than in a file. Default empty.
+    pub secret: Secret,
+    /// RS256 / EdDSA: the PEM file of the public key tokens are verified with.
+    pub public_key_file: PathBuf,
+    /// RS256 / EdDSA: the PEM file of the private key `shop token` and the demo sign with
+    /// (development only; production tokens come from your identity provider).
+    pub private_key_file: PathBuf,
+    /// The `iss` every token must carry; empty: not checked. Default empty.
+    pub issuer: String,
+    /// The `aud` every token must carry; empty: not checked. Default empty.
+    pub audience: String,
+    /// Start with auth off on a listen address other than loopback. Default `false`: such
+    /// a start is refused, since anyone who can reach it could change the catalog.
+    pub allow_open_network: bool,
+    /// Failed authentications per client address per minute; beyond it, 429. Default 20.
+    pub failures_per_minute_max: u32,
+    /// Client addresses whose failures are remembered at once. Default 10,000.
+    pub tracked_clients_max: usize,
+    /// Lifetime of the tokens `shop token` and the demo make. Default 3,600 s.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            algorithm: TokenAlgorithm::HS256,
+            secret: Secret::default(),
+            public_key_file: PathBuf::new(),
+            private_key_file: PathBuf::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            allow_open_network: false,
+            failures_per_minute_max: 20,
+            tracked_clients_max: 10_000,
+            token_ttl_secs: 3_600,
+        }
+    }
 }

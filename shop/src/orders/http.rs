@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 
 use super::domain::{self, Cursor, IdempotencyKey, OrderRequest};
 use super::{events, store};
+use crate::auth::Caller;
 use crate::contracts::values::{OrderId, Timestamp};
 use crate::contracts::ORDERS_TOPIC;
 use crate::problem::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
@@ -159,9 +160,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
     ))]
 pub async fn place(
     State(service): State<ServiceDb>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(new): ApiJson<NewOrder>,
 ) -> Result<Response, ApiError> {
+    caller.acts_for(&new.customer_id)?;
     let request = OrderRequest::parse(
         &new.customer_id,
         new.lines
@@ -234,11 +237,15 @@ async fn replay(
     ))]
 pub async fn read(
     State(service): State<ServiceDb>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<OrderView>, ApiError> {
+    caller.authenticated()?;
     let mut conn = service.db.pool().acquire().await?;
     store::load(&mut conn, &id)
         .await?
+        // Another customer's order is as absent as one that does not exist.
+        .filter(|order| caller.sees(Some(order.customer_id.as_str())))
         .map(|order| Json(order.into()))
         .ok_or(ApiError::NotFound("order"))
 }
@@ -252,9 +259,11 @@ pub async fn read(
     ))]
 pub async fn list_for_customer(
     State(service): State<ServiceDb>,
+    caller: Caller,
     ApiPath(customer_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page>, ApiError> {
+    caller.acts_for(&customer_id)?;
     let limit = query.limit.unwrap_or(PAGE_LEN_DEFAULT);
     if !(1..=PAGE_LEN_MAX).contains(&limit) {
         return Err(ApiError::BadRequest(

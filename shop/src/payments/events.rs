@@ -61,6 +61,7 @@ impl Handler<StockReserved> for Charge {
         let charge = store::record(
             &mut tx,
             &event.order_id,
+            &event.customer_id,
             event.total_cents,
             &event.currency,
             service.now(),

@@ -7,6 +7,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::store;
+use crate::auth::Caller;
 use crate::contracts::values::Timestamp;
 use crate::problem::{ApiError, ApiQuery};
 use crate::service::ServiceDb;
@@ -53,11 +54,15 @@ pub fn router() -> OpenApiRouter<ServiceDb> {
     ))]
 pub async fn list(
     State(service): State<ServiceDb>,
+    caller: Caller,
     ApiQuery(query): ApiQuery<ChargesQuery>,
 ) -> Result<Json<Charges>, ApiError> {
+    caller.authenticated()?;
     let items = store::of_order(service.db.pool(), &query.order_id)
         .await?
         .into_iter()
+        // A customer sees only their own (none of another's order, nor whether it has any).
+        .filter(|c| caller.sees(c.customer_id.as_deref()))
         .map(|c| ChargeView {
             id: c.id,
             order_id: c.order_id,

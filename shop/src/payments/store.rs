@@ -8,11 +8,22 @@ use sqlx::Row;
 use super::domain::{ChargeStatus, Settlement};
 use crate::contracts::values::Timestamp;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "payments_0001_charges",
-    sqlite: CHARGES,
-    postgres: CHARGES,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "payments_0001_charges",
+        sqlite: CHARGES,
+        postgres: CHARGES,
+    },
+    // Whose charge it is, so a customer reads only their own. Charges recorded before
+    // have none: only an operator sees those.
+    Migration {
+        name: "payments_0002_charge_customer",
+        sqlite: CHARGE_CUSTOMER,
+        postgres: CHARGE_CUSTOMER,
+    },
+];
+
+const CHARGE_CUSTOMER: &str = "ALTER TABLE charges ADD COLUMN customer_id TEXT";
 
 const CHARGES: &str = "CREATE TABLE IF NOT EXISTS charges (id TEXT PRIMARY KEY, order_id TEXT NOT NULL UNIQUE, amount_cents BIGINT NOT NULL, currency TEXT NOT NULL, status TEXT NOT NULL, provider_charge_id TEXT, reason TEXT, created_at_us BIGINT NOT NULL, updated_at_us BIGINT NOT NULL)";
 
@@ -21,6 +32,8 @@ const CHARGES: &str = "CREATE TABLE IF NOT EXISTS charges (id TEXT PRIMARY KEY, 
 pub struct Charge {
     pub id: String,
     pub order_id: String,
+    /// Absent on charges recorded before payments kept it.
+    pub customer_id: Option<String>,
     pub amount_cents: i64,
     pub currency: String,
     pub status: ChargeStatus,
@@ -36,6 +49,7 @@ fn charge(row: &AnyRow) -> Result<Charge, Error> {
     Ok(Charge {
         id: row.try_get("id").map_err(column)?,
         order_id: row.try_get("order_id").map_err(column)?,
+        customer_id: row.try_get("customer_id").map_err(column)?,
         amount_cents: row.try_get("amount_cents").map_err(column)?,
         currency: row.try_get("currency").map_err(column)?,
         status: ChargeStatus::parse(&status)
@@ -51,7 +65,7 @@ fn charge(row: &AnyRow) -> Result<Charge, Error> {
 macro_rules! select_charges {
     ($rest:literal) => {
         concat!(
-            "SELECT id, order_id, amount_cents, currency, status, provider_charge_id, reason, created_at_us, updated_at_us FROM charges ",
+            "SELECT id, order_id, customer_id, amount_cents, currency, status, provider_charge_id, reason, created_at_us, updated_at_us FROM charges ",
             $rest
         )
     };
@@ -62,13 +76,15 @@ macro_rules! select_charges {
 pub async fn record(
     tx: &mut Tx,
     order_id: &str,
+    customer_id: &str,
     amount_cents: i64,
     currency: &str,
     now: Timestamp,
 ) -> Result<Charge, Error> {
-    sqlx::query("INSERT INTO charges (id, order_id, amount_cents, currency, status, created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (order_id) DO NOTHING")
+    sqlx::query("INSERT INTO charges (id, order_id, customer_id, amount_cents, currency, status, created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (order_id) DO NOTHING")
         .bind(uuid::Uuid::now_v7().to_string())
         .bind(order_id)
+        .bind(customer_id)
         .bind(amount_cents)
         .bind(currency)
         .bind(ChargeStatus::Pending.as_str())

@@ -42,35 +42,41 @@ impl BodyLimits {
 /// stack. Outermost first: metrics (every answer counted, under its route template),
 /// the body read (408 for a slow body, 413 for a large one — before any budget starts),
 /// the deadline (the caller's or our budget, whichever is sooner; probes ignore the
-/// caller's), load shedding.
-pub fn platform_layers(api: Router, config: &Config) -> Router {
+/// caller's), load shedding. Between the body and the deadline, authentication (the
+/// [`crate::auth::Caller`] every handler asks); an unusable key is an error.
+pub fn platform_layers(api: Router, config: &Config) -> anyhow::Result<Router> {
     // The metrics are part of the stack (and of what S1 measures): make sure they record.
     eddy_telemetry::prometheus();
     let body = BodyLimits::of(config);
     let budget = config.request_timeout();
-    api.layer(
-        ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(|error: tower::BoxError| async move {
-                layer_error(&error)
-            }))
-            // Load shedding: beyond the limit and an equal queue, answer 503 at once.
-            .layer(BulkheadLayer::new(
-                "http",
-                config.server.concurrency_limit,
-                config.server.concurrency_limit,
-            )),
-    )
-    .layer(middleware::from_fn(move |request: Request, next: Next| {
-        propagate_deadline(budget, request, next)
-    }))
-    .layer(middleware::from_fn(move |request: Request, next: Next| {
-        read_body(body, request, next)
-    }))
-    .layer(middleware::from_fn(ensure_problem))
-    .layer(middleware::from_fn(record_http))
-    .layer(axum::extract::DefaultBodyLimit::max(
-        config.server.body_limit_bytes,
-    ))
+    let authenticator = crate::auth::Authenticator::new(&config.auth)?;
+    Ok(api
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|error: tower::BoxError| async move {
+                    layer_error(&error)
+                }))
+                // Load shedding: beyond the limit and an equal queue, answer 503 at once.
+                .layer(BulkheadLayer::new(
+                    "http",
+                    config.server.concurrency_limit,
+                    config.server.concurrency_limit,
+                )),
+        )
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            propagate_deadline(budget, request, next)
+        }))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            authenticator.clone().layer(request, next)
+        }))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            read_body(body, request, next)
+        }))
+        .layer(middleware::from_fn(ensure_problem))
+        .layer(middleware::from_fn(record_http))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            config.server.body_limit_bytes,
+        )))
 }
 
 /// The problem for a request the bulkhead shed or the timeout cut.

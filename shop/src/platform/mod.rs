@@ -384,7 +384,7 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed),
         &config,
-    );
+    )?;
     let http = server::serve(
         listener,
         router,
