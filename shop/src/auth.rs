@@ -124,6 +124,40 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// A handler argument that admits only operators (401 / 403 otherwise). Put it before
+/// the body: an extractor fails before the handler runs, and a caller without the right
+/// must not learn what the body should have been.
+#[derive(Debug, Clone, Copy)]
+pub struct Operator;
+
+impl<S: Send + Sync> FromRequestParts<S> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Ok(caller) = Caller::from_request_parts(parts, state).await;
+        caller
+            .operator()
+            .map(|()| Operator)
+            .map_err(axum::response::IntoResponse::into_response)
+    }
+}
+
+/// A handler argument that admits any verified caller (401 otherwise), before the body.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Authenticated {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Ok(caller) = Caller::from_request_parts(parts, state).await;
+        caller
+            .authenticated()
+            .map(|()| Authenticated(caller))
+            .map_err(axum::response::IntoResponse::into_response)
+    }
+}
+
 /// Why an authentication failed: the `reason` label (a closed set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {

@@ -18,6 +18,7 @@ use crate::{catalog, orders, payments, platform, problem};
         description = "The Eddy reference order platform. Errors are application/problem+json (RFC 9457). Orders settle asynchronously: POST returns PENDING; poll GET until CONFIRMED or CANCELLED."
     ),
     components(schemas(problem::Problem)),
+    modifiers(&BearerScheme),
     tags(
         (name = "catalog", description = "Products, prices and stock"),
         (name = "orders", description = "Placing and reading orders"),
@@ -26,6 +27,29 @@ use crate::{catalog, orders, payments, platform, problem};
     )
 )]
 struct ApiDoc;
+
+/// The `bearer` security scheme the protected operations name (JWT; see docs/http-edge.md).
+#[derive(Debug)]
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "Required when [auth] is enabled; `shop token` makes one for development.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The whole public API: every service's routes and the operational ones, whichever
 /// services this process runs.

@@ -136,6 +136,11 @@ async fn who_may_do_what_role_by_route() {
         (Nobody, "GET", product_path.clone(), None, 200),
         (Alice, "GET", product_path.clone(), None, 200),
         (Nobody, "POST", "/v1/products".into(), new_product(), 401),
+        // Without the right, the body is not even looked at: 401/403, not 422.
+        (Nobody, "POST", "/v1/products".into(), Some(json!({})), 401),
+        (Alice, "POST", "/v1/products".into(), Some(json!({})), 403),
+        (Nobody, "POST", "/v1/orders".into(), Some(json!({})), 401),
+        (Nobody, "GET", "/v1/payments".into(), None, 401),
         (Alice, "POST", "/v1/products".into(), new_product(), 403),
         (Operator, "POST", "/v1/products".into(), new_product(), 201),
         (Nobody, "PUT", product_path.clone(), reprice(), 401),

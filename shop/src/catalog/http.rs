@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 use super::domain::{self, ProductChange};
 use super::events::{self, StockSet};
 use super::store;
-use crate::auth::Caller;
+use crate::auth::Operator;
 use crate::contracts::values::{ProductId, Timestamp};
 use crate::contracts::CATALOG_TOPIC;
 use crate::problem::{ApiError, ApiJson, ApiPath};
@@ -89,18 +89,19 @@ pub fn router() -> OpenApiRouter<ServiceDb> {
 }
 
 /// Create a product; its `ProductUpserted` commits with it.
-#[utoipa::path(post, path = "/v1/products", tag = "catalog", request_body = NewProduct,
+#[utoipa::path(post, path = "/v1/products", security((), ("bearer" = [])), tag = "catalog", request_body = NewProduct,
     responses(
+        (status = 401, description = "No valid bearer token (when auth is on)", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 201, description = "Created", body = ProductView),
         (status = 409, description = "A product with this SKU exists", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid", body = crate::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
     State(service): State<ServiceDb>,
-    caller: Caller,
+    _: Operator,
     ApiJson(new): ApiJson<NewProduct>,
 ) -> Result<(StatusCode, Json<ProductView>), ApiError> {
-    caller.operator()?;
     let product = domain::NewProduct::parse(
         &new.sku,
         &new.name,
@@ -150,20 +151,21 @@ pub async fn read(
 }
 
 /// Change a product's price, stock or name; its `ProductUpserted` commits with it.
-#[utoipa::path(put, path = "/v1/products/{id}", tag = "catalog", request_body = ProductUpdate,
+#[utoipa::path(put, path = "/v1/products/{id}", security((), ("bearer" = [])), tag = "catalog", request_body = ProductUpdate,
     params(("id" = String, Path, description = "The product's id")),
     responses(
+        (status = 401, description = "No valid bearer token (when auth is on)", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 200, description = "The product as changed", body = ProductView),
         (status = 404, description = "No such product", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Nothing to change, or a field is invalid", body = crate::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update(
     State(service): State<ServiceDb>,
-    caller: Caller,
+    _: Operator,
     ApiPath(id): ApiPath<String>,
     ApiJson(update): ApiJson<ProductUpdate>,
 ) -> Result<Json<ProductView>, ApiError> {
-    caller.operator()?;
     let change = ProductChange::parse(update.price_cents, update.stock, update.name.as_deref())?;
     let mut tx = service.db.begin().await?;
     let Some(stock_delta) = store::update(&mut tx, &id, &change, service.now()).await? else {

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::domain::{self, Cursor, IdempotencyKey, OrderRequest};
 use super::{events, store};
-use crate::auth::Caller;
+use crate::auth::Authenticated;
 use crate::contracts::values::{OrderId, Timestamp};
 use crate::contracts::ORDERS_TOPIC;
 use crate::problem::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
@@ -150,9 +150,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
 
 /// Place an order: priced from orders' copy of the catalog, stored with its
 /// `OrderPlaced` in one transaction. The saga settles it a moment later.
-#[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = NewOrder,
+#[utoipa::path(post, path = "/v1/orders", security((), ("bearer" = [])), tag = "orders", request_body = NewOrder,
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, description = "Repeat a request with the same key to get the same order back. Visible ASCII; give it at most once")),
     responses(
+        (status = 401, description = "No valid bearer token (when auth is on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A customer's token, for another customer", body = Problem, content_type = "application/problem+json"),
         (status = 202, description = "Placed (PENDING); with `idempotent-replayed: true` when the key was used before", body = OrderView),
         (status = 400, description = "A malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An invalid order, an unknown product, or a key reused with another request", body = Problem, content_type = "application/problem+json"),
@@ -160,7 +162,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
     ))]
 pub async fn place(
     State(service): State<ServiceDb>,
-    caller: Caller,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     ApiJson(new): ApiJson<NewOrder>,
 ) -> Result<Response, ApiError> {
@@ -229,18 +231,18 @@ async fn replay(
 }
 
 /// Read an order.
-#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders",
+#[utoipa::path(get, path = "/v1/orders/{id}", security((), ("bearer" = [])), tag = "orders",
     params(("id" = String, Path, description = "The order's id")),
     responses(
+        (status = 401, description = "No valid bearer token (when auth is on)", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "The order", body = OrderView),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn read(
     State(service): State<ServiceDb>,
-    caller: Caller,
+    Authenticated(caller): Authenticated,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<OrderView>, ApiError> {
-    caller.authenticated()?;
     let mut conn = service.db.pool().acquire().await?;
     store::load(&mut conn, &id)
         .await?
@@ -251,15 +253,17 @@ pub async fn read(
 }
 
 /// A customer's orders, newest first, a page at a time.
-#[utoipa::path(get, path = "/v1/customers/{id}/orders", tag = "orders",
+#[utoipa::path(get, path = "/v1/customers/{id}/orders", security((), ("bearer" = [])), tag = "orders",
     params(("id" = String, Path, description = "The customer's id"), PageQuery),
     responses(
+        (status = 401, description = "No valid bearer token (when auth is on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A customer's token, for another customer", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "A page of orders", body = Page),
         (status = 400, description = "A bad limit or cursor", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_for_customer(
     State(service): State<ServiceDb>,
-    caller: Caller,
+    Authenticated(caller): Authenticated,
     ApiPath(customer_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page>, ApiError> {

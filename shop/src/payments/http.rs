@@ -7,7 +7,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::store;
-use crate::auth::Caller;
+use crate::auth::Authenticated;
 use crate::contracts::values::Timestamp;
 use crate::problem::{ApiError, ApiQuery};
 use crate::service::ServiceDb;
@@ -47,17 +47,17 @@ pub fn router() -> OpenApiRouter<ServiceDb> {
 }
 
 /// The charges of an order (at most one today).
-#[utoipa::path(get, path = "/v1/payments", tag = "payments", params(ChargesQuery),
+#[utoipa::path(get, path = "/v1/payments", security((), ("bearer" = [])), tag = "payments", params(ChargesQuery),
     responses(
+        (status = 401, description = "No valid bearer token (when auth is on)", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 200, description = "The order's charges", body = Charges),
         (status = 400, description = "No order_id given", body = crate::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(
     State(service): State<ServiceDb>,
-    caller: Caller,
+    Authenticated(caller): Authenticated,
     ApiQuery(query): ApiQuery<ChargesQuery>,
 ) -> Result<Json<Charges>, ApiError> {
-    caller.authenticated()?;
     let items = store::of_order(service.db.pool(), &query.order_id)
         .await?
         .into_iter()
