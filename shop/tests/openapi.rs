@@ -252,6 +252,18 @@ async fn the_document_and_the_server_agree_on_every_limit() {
             .await;
         assert_eq!(status, if accepted { 200 } else { 400 }, "limit = {value}");
     }
+    let limit = parameters("/v1/products", "get")
+        .into_iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap();
+    for (value, accepted) in boundaries(&limit["schema"]) {
+        let (status, _) = app.get_json(&format!("/v1/products?limit={value}")).await;
+        assert_eq!(
+            status,
+            if accepted { 200 } else { 400 },
+            "products limit = {value}"
+        );
+    }
     let key = parameters("/v1/orders", "post")
         .into_iter()
         .find(|p| p["name"] == "Idempotency-Key")

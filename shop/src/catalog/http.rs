@@ -13,7 +13,7 @@ use super::store;
 use crate::auth::Operator;
 use crate::contracts::values::{ProductId, Timestamp};
 use crate::contracts::CATALOG_TOPIC;
-use crate::problem::{ApiError, ApiJson, ApiPath};
+use crate::problem::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::service::ServiceDb;
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
@@ -81,10 +81,34 @@ impl From<domain::Product> for ProductView {
     }
 }
 
+/// Products per page when the client gives no `limit`.
+pub const PAGE_LEN_DEFAULT: i64 = 20;
+/// Most products per page.
+pub const PAGE_LEN_MAX: i64 = 100;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProductQuery {
+    /// Products per page (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only the product with this SKU (at most one).
+    pub sku: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProductPage {
+    pub items: Vec<ProductView>,
+    /// Absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
 /// The routes with their documentation (see [`crate::openapi`]).
 pub fn router() -> OpenApiRouter<ServiceDb> {
     OpenApiRouter::new()
-        .routes(routes!(create))
+        .routes(routes!(create, list))
         .routes(routes!(read, update))
 }
 
@@ -130,6 +154,48 @@ pub async fn create(
     service.emit(&mut tx, CATALOG_TOPIC, &event, None).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+/// The products, oldest first, a page at a time; `sku` finds one by its SKU.
+#[utoipa::path(get, path = "/v1/products", tag = "catalog", params(ProductQuery),
+    responses(
+        (status = 200, description = "A page of products", body = ProductPage),
+        (status = 400, description = "A bad limit or cursor", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(service): State<ServiceDb>,
+    ApiQuery(query): ApiQuery<ProductQuery>,
+) -> Result<Json<ProductPage>, ApiError> {
+    let limit = query.limit.unwrap_or(PAGE_LEN_DEFAULT);
+    if !(1..=PAGE_LEN_MAX).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "invalid-limit",
+            format!("limit must be 1 to {PAGE_LEN_MAX}"),
+        ));
+    }
+    let after = match query.cursor.as_deref() {
+        None => String::new(),
+        Some(cursor) => ProductId::parse(cursor)
+            .map_err(|_| {
+                ApiError::BadRequest(
+                    "invalid-cursor",
+                    "cursor is not one this API returned".to_owned(),
+                )
+            })?
+            .into_string(),
+    };
+    let mut conn = service.db.pool().acquire().await?;
+    let (products, more) =
+        store::page(&mut conn, &after, query.sku.as_deref().unwrap_or(""), limit).await?;
+    let next_cursor = if more {
+        products.last().map(|p| p.id.as_str().to_owned())
+    } else {
+        None
+    };
+    Ok(Json(ProductPage {
+        items: products.into_iter().map(ProductView::from).collect(),
+        next_cursor,
+    }))
 }
 
 /// Read a product.

@@ -53,6 +53,32 @@ pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<Product>,
         .map_err(|e| classify("cannot read the product", e))
 }
 
+/// Up to `limit` products after the id `after` ("" for the first page) in id order —
+/// creation order, ids being UUIDv7 — only those with `sku` unless it is "" — and
+/// whether more follow.
+pub async fn page(
+    conn: &mut AnyConnection,
+    after: &str,
+    sku: &str,
+    limit: i64,
+) -> Result<(Vec<Product>, bool), Error> {
+    let rows = sqlx::query("SELECT id, sku, name, price_cents, currency, stock, created_at_us, updated_at_us FROM products WHERE id > $1 AND ($2 = '' OR sku = $2) ORDER BY id LIMIT $3")
+        .bind(after)
+        .bind(sku)
+        .bind(limit + 1)
+        .fetch_all(conn)
+        .await
+        .map_err(|e| classify("cannot list products", e))?;
+    let mut products = rows
+        .iter()
+        .map(product)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| classify("cannot read a product", e))?;
+    let more = products.len() as i64 > limit;
+    products.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok((products, more))
+}
+
 /// Inserts `new` as `id`; false (and nothing written) when its SKU is taken.
 pub async fn insert(
     tx: &mut Tx,
