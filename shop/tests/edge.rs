@@ -257,6 +257,8 @@ async fn metric_series_stay_bounded_under_random_methods_and_paths() {
         metrics.len()
     );
     assert!(metrics.contains("method=\"other\""));
+    // Described from the catalogue (docs/metrics.md).
+    assert!(metrics.contains("# HELP http_requests_total HTTP requests answered"));
     app.stop().await;
 }
 

@@ -17,6 +17,7 @@
 //! (consumer, topic); `events_published_total` (service); `consumer_lag_messages` (group,
 //! topic); `outbox_pending_messages` and `outbox_oldest_pending_age_seconds` (service).
 
+pub mod catalogue;
 pub mod exporter;
 pub mod logs;
 pub mod metrics;

@@ -35,6 +35,7 @@ fn install() -> Option<PrometheusHandle> {
             return None;
         }
     };
+    crate::catalogue::describe_all();
     let upkeep = handle.clone();
     let spawned = std::thread::Builder::new()
         .name("metrics-upkeep".to_owned())
