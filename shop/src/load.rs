@@ -343,7 +343,8 @@ async fn send_traffic(mix: Mix, args: &LoadArgs) -> eddy_load::Tally {
         },
     )
     .await;
-    bar.finish_and_clear();
+    // Full and with the final count, left on screen above the report.
+    bar.finish();
     tally
 }
 

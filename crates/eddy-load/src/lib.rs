@@ -114,7 +114,8 @@ impl Tally {
 }
 
 /// Sends requests made by `request` as `plan` says; `progress` is called now and then
-/// with the time measured so far and the requests sent.
+/// with the time measured so far and the requests sent, and once more at the end with
+/// the whole duration and every request sent.
 pub async fn drive<F, Fut>(plan: Plan, request: F, progress: impl Fn(Duration, u64)) -> Tally
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
@@ -170,6 +171,8 @@ where
     }
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
+    // The last word: the whole duration and every request sent.
+    progress(elapsed.max(plan.duration), sent.load(Ordering::Relaxed));
     let mut total = Tally::empty();
     for worker in workers {
         if let Ok(tally) = worker.await {
@@ -231,6 +234,7 @@ where
             progress(start.elapsed().saturating_sub(plan.warmup), number);
         }
     }
+    progress(plan.duration, number);
     while tasks.join_next().await.is_some() {}
     let mut tally = total.lock().unwrap_or_else(|p| p.into_inner()).clone();
     tally.elapsed = measured_from.elapsed();
@@ -265,6 +269,38 @@ mod tests {
         assert_eq!(tally.rejected, 10);
         assert_eq!(tally.failed, 10);
         assert_eq!(tally.latency_us.len(), 100);
+    }
+
+    #[tokio::test]
+    async fn progress_ends_at_the_whole_duration_with_every_request_sent() {
+        for pace in [Pace::Open { rate: 200.0 }, Pace::Closed] {
+            let plan = Plan {
+                pace,
+                in_flight_max: 4,
+                warmup: Duration::ZERO,
+                duration: Duration::from_millis(600),
+            };
+            let last = std::sync::Mutex::new((Duration::ZERO, 0u64));
+            let tally = drive(
+                plan,
+                |_| async {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Answer::Ok
+                },
+                |elapsed, sent| *last.lock().unwrap() = (elapsed, sent),
+            )
+            .await;
+            let (elapsed, sent) = *last.lock().unwrap();
+            assert!(
+                elapsed >= plan.duration,
+                "{pace:?}: the bar ended at {elapsed:?}"
+            );
+            assert!(
+                sent >= tally.requests(),
+                "{pace:?}: {sent} < {}",
+                tally.requests()
+            );
+        }
     }
 
     #[tokio::test]
