@@ -96,6 +96,128 @@ impl Database {
     }
 }
 
+/// Every problem in `figment`, not only the first: serde stops at the first bad field,
+/// so each setting the defaults have is also tried on its own (the defaults with only
+/// that value from `figment`). Keys are said as they are written (`provider.latency_ms`,
+/// `EDDY_PROVIDER__LATENCY_MS`), without figment's profile name, with their source.
+fn every_problem(figment: &Figment, first: figment::Error) -> Vec<String> {
+    let defaults = Figment::from(Serialized::defaults(Config::default()));
+    let mut listed: Vec<String> = Vec::new();
+    let mut leaves = Vec::new();
+    if let Ok(root) = defaults.find_value("") {
+        leaf_keys(&root, String::new(), &mut leaves);
+    }
+    for key in &leaves {
+        let Ok(value) = figment.find_value(key) else {
+            continue;
+        };
+        let alone = defaults.clone().merge(Serialized::default(key, value));
+        if let Err(errors) = alone.extract::<Config>() {
+            note(&mut listed, figment, errors, Some(key));
+        }
+    }
+    // Keys the defaults do not have (serde names only the first it meets).
+    let mut given = Vec::new();
+    if let Ok(root) = figment.find_value("") {
+        leaf_keys(&root, String::new(), &mut given);
+    }
+    for key in given.iter().filter(|k| !leaves.contains(k)) {
+        let source = figment.find_metadata(key).map(source_name);
+        let from_env = source.as_deref().is_some_and(|s| s.contains("environment"));
+        let written = if from_env {
+            format!("EDDY_{}", key.replace('.', "__").to_ascii_uppercase())
+        } else {
+            key.clone()
+        };
+        let (parent, _) = key.rsplit_once('.').unwrap_or(("", key));
+        let mut known: Vec<&str> = leaves
+            .iter()
+            .filter_map(|leaf| {
+                let rest = if parent.is_empty() {
+                    leaf.as_str()
+                } else {
+                    leaf.strip_prefix(parent)?.strip_prefix('.')?
+                };
+                rest.split('.').next()
+            })
+            .collect();
+        known.dedup();
+        let within = if parent.is_empty() {
+            "the settings are".to_owned()
+        } else {
+            format!("{parent} takes")
+        };
+        listed.push(format!(
+            "{written}: unknown setting; {within} {} (in {})",
+            known.join(", "),
+            source.unwrap_or_default()
+        ));
+    }
+    if listed.is_empty() {
+        note(&mut listed, figment, first, None);
+    }
+    listed
+}
+
+/// Adds each of `errors`, said as [`said`] says, unless listed already.
+fn note(listed: &mut Vec<String>, figment: &Figment, errors: figment::Error, key: Option<&str>) {
+    for error in errors {
+        let source = key
+            .and_then(|k| figment.find_metadata(k))
+            .or(error.metadata.as_ref())
+            .map(source_name);
+        let text = said(&error, source);
+        if !listed.contains(&text) {
+            listed.push(text);
+        }
+    }
+}
+
+/// The dotted keys of every leaf under `value`.
+fn leaf_keys(value: &figment::value::Value, prefix: String, out: &mut Vec<String>) {
+    match value.as_dict() {
+        // A map of free-form settings (librdkafka's) is one leaf: any key is allowed.
+        Some(dict) if !dict.is_empty() && !prefix.starts_with("broker.kafka_") => {
+            for (key, child) in dict {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaf_keys(child, path, out);
+            }
+        }
+        _ if !prefix.is_empty() => out.push(prefix),
+        _ => {}
+    }
+}
+
+fn source_name(metadata: &figment::Metadata) -> String {
+    match &metadata.source {
+        Some(source) => source.to_string(),
+        None => metadata.name.to_string(),
+    }
+}
+
+/// One problem as a user would look for it: the key as written in its source
+/// (`provider.latency_ms` in a file, `EDDY_PROVIDER__LATENCY_MS` in the environment) and
+/// the source.
+fn said(error: &figment::Error, source: Option<String>) -> String {
+    let path: Vec<String> = error.path.iter().map(|p| p.to_ascii_lowercase()).collect();
+    let from_env = source.as_deref().is_some_and(|s| s.contains("environment"));
+    let key = if from_env {
+        format!("EDDY_{}", path.join("__").to_ascii_uppercase())
+    } else {
+        path.join(".")
+    };
+    match source {
+        Some(source) if !key.is_empty() => format!("{key}: {} (in {source})", error.kind),
+        Some(source) => format!("{} (in {source})", error.kind),
+        None if !key.is_empty() => format!("{key}: {}", error.kind),
+        None => error.kind.to_string(),
+    }
+}
+
 impl Config {
     /// The instance id in use: [`Config::instance_id`], or `shop-<host>-<pid>` when it
     /// is empty.
@@ -126,7 +248,7 @@ impl Config {
     /// The configuration `figment` holds, validated.
     pub fn extract(figment: Figment) -> anyhow::Result<Self> {
         let config: Config = figment.extract().map_err(|errors| {
-            let listed: Vec<String> = errors.into_iter().map(|e| e.to_string()).collect();
+            let listed = every_problem(&figment, errors);
             anyhow::anyhow!("invalid configuration:\n  - {}", listed.join("\n  - "))
         })?;
         config.validate()?;

@@ -184,3 +184,23 @@ fn test_settings_live_outside_the_application_namespace() {
     let loaded = Config::load(None);
     assert!(loaded.is_ok(), "{:?}", loaded.err());
 }
+
+#[test]
+fn every_type_error_is_reported_under_the_key_as_written() {
+    let message = rejected(
+        "[provider]\nlatency_ms = \"slow\"\n[server]\nidle_timeout_ms = -1\nbody_limit_bytes = \"big\"\n[nonsense]\nx = 1\n",
+    );
+    for key in [
+        "provider.latency_ms",
+        "server.idle_timeout_ms",
+        "server.body_limit_bytes",
+        "nonsense.x: unknown setting",
+    ] {
+        assert!(message.contains(key), "{key} missing from: {message}");
+    }
+    assert!(
+        !message.contains("default."),
+        "figment's profile leaked: {message}"
+    );
+    assert!(!message.contains("idle_timeout_ms.server"), "{message}");
+}
