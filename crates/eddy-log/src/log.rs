@@ -602,14 +602,12 @@ impl Publisher for Log {
 
 #[async_trait]
 impl Subscriber for Log {
+    /// Returns a member that has joined `group`: see [`LogSubscription`].
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, Error> {
         let partitions = self.partitions(topic).await?;
-        Ok(Box::new(LogSubscription::new(
-            self.clone(),
-            topic,
-            group,
-            partitions,
-        )))
+        Ok(Box::new(
+            LogSubscription::join(self.clone(), topic, group, partitions).await,
+        ))
     }
 }
 

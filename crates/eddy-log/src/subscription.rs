@@ -31,7 +31,10 @@ use tokio_util::sync::CancellationToken;
 use crate::log::{signal_channel, Log};
 
 /// One member's view of a topic in a consumer group. Create it with
-/// [`eddy_core::Subscriber::subscribe`] on a [`Log`].
+/// [`eddy_core::Subscriber::subscribe`] on a [`Log`], which returns once the member has
+/// joined the group: its first heartbeat is committed, so every member whose heartbeat
+/// starts afterwards counts it in the assignment. (If that heartbeat fails, `subscribe`
+/// still returns; the member joins at its next heartbeat or fetch.)
 pub struct LogSubscription {
     member: Arc<Member>,
     signal: Mutex<SignalReceiver>,
@@ -84,7 +87,11 @@ struct Owned {
 }
 
 impl LogSubscription {
-    pub(crate) fn new(log: Log, topic: &str, group: &str, partitions: u32) -> Self {
+    /// A new member that has joined the group (see the type's docs). Joining here, not
+    /// only on the heartbeat task: a member whose `subscribe` had returned could
+    /// otherwise stay unknown to the group for as long as that task waited to be
+    /// scheduled, and a member (re)joining meanwhile would take its partitions too.
+    pub(crate) async fn join(log: Log, topic: &str, group: &str, partitions: u32) -> Self {
         let signal = log.db().subscribe_signal(&signal_channel(topic));
         let member_id = log.member_id_for(group, topic);
         let member = Arc::new(Member {
@@ -100,6 +107,12 @@ impl LogSubscription {
                 closed: false,
             }),
         });
+        {
+            let mut state = member.state.lock().await;
+            if let Err(error) = member.heartbeat(&mut state).await {
+                tracing::warn!(topic = %member.topic, group = %member.group, %error, "cannot join the group yet; the next heartbeat tries again");
+            }
+        }
         let stop = CancellationToken::new();
         tokio::spawn(heartbeat_loop(Arc::downgrade(&member), stop.clone()));
         Self {
@@ -461,9 +474,10 @@ impl Subscription for LogSubscription {
                     .last_heartbeat
                     .is_some_and(|at| at.elapsed() < live_for);
                 if !renewed_within_session {
-                    // Join the group at once rather than at the first tick; and a member
-                    // whose heartbeats have failed for a session may have lost its
-                    // partitions to others: it renews before it fetches again, or fails.
+                    // A member whose join failed joins here rather than at the next
+                    // tick; and one whose heartbeats have failed for a session may have
+                    // lost its partitions to others: it renews before it fetches again,
+                    // or fails.
                     member.heartbeat(&mut state).await?;
                 }
                 let deliveries = member.read_available(&mut state, max_len).await?;
