@@ -184,6 +184,25 @@ where
     T::deserialize(deserializer).map(Some)
 }
 
+/// Items per page of a list when the client gives no `limit`.
+pub const PAGE_LEN_DEFAULT: i64 = 20;
+/// Most items per page of a list (the document's `maximum`).
+pub const PAGE_LEN_MAX: i64 = 100;
+
+/// A list's page length: `limit` or the default, refused (400) outside 1 to
+/// [`PAGE_LEN_MAX`] — never clamped, as the document says.
+pub fn page_len(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(PAGE_LEN_DEFAULT);
+    if (1..=PAGE_LEN_MAX).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::BadRequest(
+            "invalid-limit",
+            format!("limit must be 1 to {PAGE_LEN_MAX}"),
+        ))
+    }
+}
+
 /// `Query<T>` whose rejections (a malformed, missing or repeated parameter) are 400
 /// problems.
 #[derive(Debug, Clone, Copy, Default)]

@@ -269,15 +269,7 @@ async fn bad_tokens_get_401_are_counted_and_rate_limited_and_never_shown() {
     // Anonymous reads of public routes are not affected.
     assert_eq!(app.get_json("/health/live").await.0, 200);
 
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for reason in ["expired", "invalid", "malformed", "rate_limited"] {
         assert!(
             metrics.contains(&format!("http_auth_failures_total{{reason=\"{reason}\"}}")),

@@ -235,14 +235,7 @@ async fn metric_series_stay_bounded_under_random_methods_and_paths() {
         }
         sent += 100;
     }
-    let metrics = client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let series = metrics
         .lines()
         .filter(|l| l.starts_with("http_requests_total{"))

@@ -240,15 +240,7 @@ async fn health_metrics_and_the_api_document_are_served() {
         )
         .await;
     app.settled(order["id"].as_str().unwrap()).await;
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("http_requests_total"), "{metrics}");
     assert!(
         metrics.contains("event_processing_duration_seconds"),

@@ -13,7 +13,7 @@ use super::store;
 use crate::auth::Operator;
 use crate::contracts::values::{ProductId, Timestamp};
 use crate::contracts::CATALOG_TOPIC;
-use crate::problem::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::problem::{page_len, ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::service::ServiceDb;
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
@@ -80,11 +80,6 @@ impl From<domain::Product> for ProductView {
         }
     }
 }
-
-/// Products per page when the client gives no `limit`.
-pub const PAGE_LEN_DEFAULT: i64 = 20;
-/// Most products per page.
-pub const PAGE_LEN_MAX: i64 = 100;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -166,13 +161,7 @@ pub async fn list(
     State(service): State<ServiceDb>,
     ApiQuery(query): ApiQuery<ProductQuery>,
 ) -> Result<Json<ProductPage>, ApiError> {
-    let limit = query.limit.unwrap_or(PAGE_LEN_DEFAULT);
-    if !(1..=PAGE_LEN_MAX).contains(&limit) {
-        return Err(ApiError::BadRequest(
-            "invalid-limit",
-            format!("limit must be 1 to {PAGE_LEN_MAX}"),
-        ));
-    }
+    let limit = page_len(query.limit)?;
     let after = match query.cursor.as_deref() {
         None => String::new(),
         Some(cursor) => ProductId::parse(cursor)

@@ -15,13 +15,10 @@ use super::{events, store};
 use crate::auth::Authenticated;
 use crate::contracts::values::{OrderId, Timestamp};
 use crate::contracts::ORDERS_TOPIC;
-use crate::problem::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
+use crate::problem::{page_len, ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use crate::service::ServiceDb;
 
-/// Orders per page when the client gives no `limit`.
-pub const PAGE_LEN_DEFAULT: i64 = 20;
-/// Most orders per page.
-pub const PAGE_LEN_MAX: i64 = 100;
+pub use crate::problem::{PAGE_LEN_DEFAULT, PAGE_LEN_MAX};
 
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -268,13 +265,7 @@ pub async fn list_for_customer(
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page>, ApiError> {
     caller.acts_for(&customer_id)?;
-    let limit = query.limit.unwrap_or(PAGE_LEN_DEFAULT);
-    if !(1..=PAGE_LEN_MAX).contains(&limit) {
-        return Err(ApiError::BadRequest(
-            "invalid-limit",
-            format!("limit must be 1 to {PAGE_LEN_MAX}"),
-        ));
-    }
+    let limit = page_len(query.limit)?;
     let cursor = query
         .cursor
         .as_deref()

@@ -186,6 +186,18 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let response = self
             .http
