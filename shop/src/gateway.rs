@@ -101,15 +101,24 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
     // the gateway, the services see only the gateway's); the services decide who may
     // do what.
     let authenticator = crate::auth::Authenticator::new(&config.auth)?;
+    let body = crate::platform::http::BodyLimits::of(config);
     Ok(Router::new()
         .route("/health/live", get(crate::platform::health::live))
         .route("/health/ready", get(ready))
         .route("/openapi.json", get(crate::platform::health::openapi))
         .route("/metrics", get(crate::platform::health::metrics_text))
         .fallback(proxy)
+        .method_not_allowed_fallback(crate::platform::method_not_allowed)
         .layer(axum::middleware::from_fn(move |request, next| {
             authenticator.clone().layer(request, next)
         }))
+        // The same edge as the services': slow and oversized bodies, problems only.
+        .layer(axum::middleware::from_fn(move |request, next| {
+            crate::platform::http::read_body(body, request, next)
+        }))
+        .layer(axum::middleware::from_fn(
+            crate::platform::http::ensure_problem,
+        ))
         .layer(axum::middleware::from_fn(record))
         .with_state(gateway))
 }

@@ -158,3 +158,31 @@ async fn the_gateway_forwards_tokens_and_stops_bad_ones_itself() {
     stop.cancel();
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_answers_its_own_errors_as_problems() {
+    let (gateway, stop) = gateway_with(|c| c.gateway.catalog_url = DEAD.to_owned()).await;
+    let http = reqwest::Client::new();
+    let wrong_method = http
+        .delete(format!("{gateway}/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(
+        wrong_method.headers()["content-type"],
+        "application/problem+json"
+    );
+    // Refused before any upstream is asked, readable although sent in full.
+    let oversized = http
+        .post(format!("{gateway}/v1/products"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 6 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), 413);
+    let problem: Value = oversized.json().await.unwrap();
+    assert_eq!(problem["status"], 413);
+    stop.cancel();
+}

@@ -106,7 +106,7 @@ fn layer_error(error: &tower::BoxError) -> Response {
 /// slow to send it gets 408; a body over the limit is read and thrown away up to
 /// `drain_max` (a client that sends everything before it reads would otherwise see its
 /// connection reset instead of the answer), then gets 413. Both close the connection.
-async fn read_body(limits: BodyLimits, request: Request, next: Next) -> Response {
+pub(crate) async fn read_body(limits: BodyLimits, request: Request, next: Next) -> Response {
     use axum::body::HttpBody;
     if request.body().size_hint().exact() == Some(0) {
         return next.run(request).await;
@@ -257,7 +257,7 @@ const PLAIN_ERROR_LEN_MAX: usize = 4096;
 /// Every error the application answers is a problem: one that some layer or extractor
 /// wrote as plain text (or with no body) is rewritten as `application/problem+json`,
 /// its text (in a client's terms) as the detail.
-async fn ensure_problem(request: Request, next: Next) -> Response {
+pub(crate) async fn ensure_problem(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())

@@ -408,7 +408,7 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
     })
 }
 
-async fn method_not_allowed(method: axum::http::Method) -> axum::response::Response {
+pub(crate) async fn method_not_allowed(method: axum::http::Method) -> axum::response::Response {
     problem(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
