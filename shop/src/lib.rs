@@ -46,3 +46,4 @@ pub mod platform;
 pub mod problem;
 pub mod provider;
 pub mod service;
+pub mod up;

@@ -39,6 +39,8 @@ enum Command {
     Demo(shop::load::LoadArgs),
     /// Print a bearer token for development, signed with the configured key.
     Token(TokenArgs),
+    /// Run the five services, the provider and the gateway as supervised processes.
+    Up(shop::up::UpArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -115,6 +117,15 @@ async fn main() {
         Command::Provider(args) => provider(args).await,
         Command::Gateway(args) => gateway(args).await,
         Command::Token(args) => token(args),
+        Command::Up(args) => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let signalled = stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                signalled.cancel();
+            });
+            shop::up::run(args, stop).await
+        }
         Command::Demo(args) => match shop::load::run(args).await {
             Ok(report) => {
                 println!("{report}");
