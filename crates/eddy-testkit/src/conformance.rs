@@ -237,7 +237,14 @@ pub async fn resume_after_commit(fixture: &dyn Fixture) {
         .await
         .unwrap_or_else(|e| panic!("subscribe: {e}"));
     let got = receive(subscription.as_ref(), second.len(), true).await;
-    let seqs: Vec<u64> = got.iter().map(|d| numbered(d).1.seq).collect();
+    let mut seqs: Vec<u64> = got.iter().map(|d| numbered(d).1.seq).collect();
+    if !fixture.capabilities().ordered_handback {
+        // A message that reached the closed member's last pull comes back after the
+        // newer ones (seen on JetStream: [12, 13, 14, 10, 11]); the set must still be
+        // exactly what was not committed.
+        skip("resume_after_commit (order)", "ordered_handback");
+        seqs.sort_unstable();
+    }
     assert_eq!(
         seqs,
         (10..15).collect::<Vec<_>>(),
