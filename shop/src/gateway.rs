@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
@@ -167,15 +167,12 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
     let url = format!("{upstream}{path_and_query}");
     let method = request.method().clone();
     let headers = request.headers().clone();
+    // `read_body`, a layer of this router, has read the body within this limit already
+    // and answered 413/408 itself: an error here is not the client's.
     let body = match axum::body::to_bytes(request.into_body(), gateway.body_limit).await {
         Ok(body) => body,
-        Err(_) => {
-            return problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                "The request body was rejected",
-                None,
-            )
+        Err(error) => {
+            return crate::problem::ApiError::Unexpected(anyhow::Error::new(error)).into_response()
         }
     };
     let mut outbound = gateway.http.request(method, &url).body(body);

@@ -10,12 +10,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sqlx::Connection as _;
 
-fn postgres() -> String {
-    std::env::var("EDDYTEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-        .trim_end_matches('/')
-        .to_owned()
-}
+mod common;
+
+use eddy_testkit::db::postgres_server_url as postgres;
 
 /// A base port whose +0, +1 and +11…+15 are free.
 fn free_base() -> u16 {
@@ -139,26 +136,9 @@ async fn shop_up_runs_restarts_and_stops_every_process() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let id = order["id"].as_str().unwrap();
-    loop {
-        let seen: Value = http
-            .get(format!("{gateway}/v1/orders/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if seen["status"] != "PENDING" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the order never settled: {}",
-            output()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let settled = common::try_settled_orders(&http, &gateway, "u", Duration::from_secs(60)).await;
+    assert!(settled.is_ok(), "the order never settled: {}", output());
+    assert_eq!(settled.unwrap_or_default()[0]["id"], order["id"]);
 
     // The orders process dies: it is restarted, and the platform is ready again.
     let orders_port = base + 12;

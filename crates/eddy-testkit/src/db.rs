@@ -111,7 +111,9 @@ impl Drop for TestDb {
     }
 }
 
-fn postgres_server_url() -> String {
+/// The PostgreSQL server the tests use: `EDDYTEST_POSTGRES_URL` or [`DEFAULT_POSTGRES_URL`],
+/// without a trailing `/`.
+pub fn postgres_server_url() -> String {
     std::env::var("EDDYTEST_POSTGRES_URL")
         .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
         .trim_end_matches('/')
