@@ -9,10 +9,12 @@
 //!   [`conformance_tests!`].
 //! - [`events`] — small typed events for tests.
 //! - [`tansu`] — a Kafka-compatible broker started for one test.
+//! - [`redis`] — the shared Redis, and a `redis-server` of a test's own for fault tests.
 
 pub mod conformance;
 pub mod db;
 pub mod events;
+pub mod redis;
 pub mod tansu;
 
 pub use db::TestDb;

@@ -1,0 +1,915 @@
+//! The cache: L1 in this process, L2 shared, one load per key across nodes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use eddy_resilience::{CircuitBreaker, CircuitBreakerConfig};
+use futures::StreamExt;
+use moka::notification::RemovalCause;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::config::CacheConfig;
+use crate::entry::{self, jittered, now_ms, Entry};
+use crate::l2::{L2Error, L2};
+use crate::metrics::Metrics;
+
+/// The error a loader's failure becomes; shared by every caller that waited on the load.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why [`Cache::get_or_load`] has no value to give: the loader failed or was too slow,
+/// and no stale value was left to fall back on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache {cache}: loading {key:?} failed: {source}")]
+    Load {
+        cache: String,
+        key: String,
+        source: Arc<BoxError>,
+    },
+    #[error("cache {cache}: loading {key:?} took longer than {after:?}")]
+    Timeout {
+        cache: String,
+        key: String,
+        after: Duration,
+    },
+    #[error("cache {cache}: the load of {key:?} stopped without an answer")]
+    Abandoned { cache: String, key: String },
+    #[error("cache settings: {0}")]
+    Config(String),
+}
+
+/// What a load left for the callers waiting on it.
+#[derive(Debug)]
+struct Loaded<V> {
+    entry: Arc<Entry<V>>,
+    /// The loader failed and this is the fail-safe value.
+    stale: bool,
+}
+
+type FlightResult<V> = Option<Result<Loaded<V>, CacheError>>;
+
+/// A backplane message. `v` versions the format: a node ignores messages of a format
+/// it does not know, and its own.
+#[derive(Debug, Serialize, Deserialize)]
+struct Message {
+    v: u32,
+    node: String,
+    op: Op,
+    key: String,
+    /// When the sender wrote the key (its clock, ms since the epoch).
+    at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Op {
+    /// The key was written: drop it from L1.
+    Invalidate,
+    /// A value landed in L2: nodes waiting on the key's lease can read it.
+    Loaded,
+}
+
+const MESSAGE_FORMAT: u32 = 1;
+
+/// Where an invalidation came from (the `source` label of `cache_invalidations_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// This node wrote the key.
+    Write,
+    /// An event said the key changed (covers writers that do not use the cache).
+    Event,
+}
+
+/// A two-level cache of `V`s by string key. Cheap to clone; clones share everything.
+///
+/// Reads: a fresh L1 entry is returned at once (and, when XFetch says so, reloaded in the
+/// background first); otherwise one load per key runs — L2, then, under a Redis lease
+/// that makes it one load across nodes, the loader — and every caller of the key waits
+/// on it. A caller holding a stale value waits only `soft_timeout` before getting the
+/// stale value; a failed load leaves the stale value in service until its hard expiry.
+/// Redis trouble never reaches callers: L2 calls have a timeout and a breaker, and the
+/// cache runs on L1 and the loader meanwhile.
+pub struct Cache<V> {
+    inner: Arc<Inner<V>>,
+}
+
+impl<V> Clone for Cache<V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<V> std::fmt::Debug for Cache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("name", &self.inner.config.name)
+            .field("node", &self.inner.node)
+            .field("l2", &self.inner.l2.as_ref().map(|l2| &l2.store))
+            .finish()
+    }
+}
+
+struct Shared {
+    store: Arc<dyn L2>,
+    breaker: CircuitBreaker,
+    timeout: Duration,
+}
+
+struct Inner<V> {
+    config: CacheConfig,
+    node: String,
+    l1: moka::sync::Cache<String, Arc<Entry<V>>>,
+    l2: Option<Shared>,
+    /// Bumped when the backplane may have missed messages: older L1 entries are stale.
+    epoch: AtomicU64,
+    backplane_connected: AtomicBool,
+    flights: Mutex<HashMap<String, watch::Receiver<FlightResult<V>>>>,
+    /// Flights waiting on another node's lease, woken by its `Loaded` message.
+    waiting: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Keys written lately, with when: a load that began before is not stored, and an L2
+    /// entry loaded before is not trusted. Bounded by time and count.
+    writes: moka::sync::Cache<String, u64>,
+    metrics: Metrics,
+    _stop: DropGuard,
+}
+
+struct Keys {
+    value: String,
+    lease: String,
+}
+
+impl<V> Inner<V> {
+    fn keys(&self, key: &str) -> Keys {
+        let base = format!("{}:{}", self.config.key_prefix, self.config.name);
+        Keys {
+            value: format!("{base}:v:{key}"),
+            lease: format!("{base}:lease:{key}"),
+        }
+    }
+
+    fn channel(config: &CacheConfig) -> String {
+        format!("{}:{}:bus", config.key_prefix, config.name)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.metrics.epoch_bumps.increment(1);
+    }
+
+    fn flights(&self) -> MutexGuard<'_, HashMap<String, watch::Receiver<FlightResult<V>>>> {
+        self.flights.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<V: Send + Sync + 'static> Inner<V> {
+    /// Records that `key` was written at `at`: drops it from L1 and detaches a load in
+    /// progress, so that the next read starts a new one.
+    fn note_write(&self, key: &str, at: u64) {
+        let at = self.written_at(key).map_or(at, |known| known.max(at));
+        self.writes.insert(key.to_owned(), at);
+        self.l1.invalidate(key);
+        self.flights().remove(key);
+    }
+
+    /// The time of the last write of `key` this node knows of.
+    fn written_at(&self, key: &str) -> Option<u64> {
+        self.writes.get(key)
+    }
+
+    /// A call to L2 through its timeout and breaker.
+    async fn l2_call<T>(
+        &self,
+        call: impl Future<Output = Result<T, L2Error>>,
+    ) -> Result<T, L2Error> {
+        let Some(l2) = &self.l2 else {
+            return Err(L2Error::BreakerOpen);
+        };
+        let permit = l2.breaker.try_acquire().map_err(|_| L2Error::BreakerOpen)?;
+        let outcome = match tokio::time::timeout(l2.timeout, call).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(L2Error::Timeout(l2.timeout)),
+        };
+        permit.record(outcome.is_err());
+        if outcome.is_err() {
+            self.metrics.l2_errors.increment(1);
+        }
+        outcome
+    }
+
+    async fn publish(&self, op: Op, key: &str, at: u64) {
+        let Some(l2) = &self.l2 else { return };
+        let message = Message {
+            v: MESSAGE_FORMAT,
+            node: self.node.clone(),
+            op,
+            key: key.to_owned(),
+            at,
+        };
+        let Ok(bytes) = serde_json::to_vec(&message) else {
+            return;
+        };
+        let channel = Self::channel(&self.config);
+        if let Err(error) = self.l2_call(l2.store.publish(&channel, &bytes)).await {
+            tracing::debug!(cache = %self.config.name, %error, "backplane publish failed");
+        }
+    }
+
+    fn handle_message(&self, bytes: &[u8]) {
+        let Ok(message) = serde_json::from_slice::<Message>(bytes) else {
+            return;
+        };
+        if message.v != MESSAGE_FORMAT || message.node == self.node {
+            return;
+        }
+        match message.op {
+            Op::Invalidate => {
+                self.note_write(&message.key, message.at);
+                self.metrics.invalidated_backplane.increment(1);
+            }
+            Op::Loaded => {
+                if let Some(notify) = self.waiting().get(&message.key) {
+                    notify.notify_waiters();
+                }
+            }
+        }
+    }
+}
+
+enum InL2<V> {
+    Fresh(Arc<Entry<V>>),
+    Stale(Arc<Entry<V>>),
+    Miss,
+}
+
+impl<V> Inner<V>
+where
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    fn insert_l1(&self, key: &str, entry: Arc<Entry<V>>) {
+        self.l1.insert(key.to_owned(), entry);
+        self.metrics.l1_weight.set(self.l1.weighted_size() as f64);
+    }
+
+    /// Reads `key` from L2. `newer_than`: only an entry loaded after then counts as fresh
+    /// (an early refresh wants a newer value than the one it has).
+    async fn read_l2(&self, key: &str, keys: &Keys, newer_than: Option<u64>) -> InL2<V> {
+        let Some(l2) = &self.l2 else {
+            return InL2::Miss;
+        };
+        let Ok(Some(bytes)) = self.l2_call(l2.store.get(&keys.value)).await else {
+            self.metrics.l2_miss.increment(1);
+            return InL2::Miss;
+        };
+        let Some(found) = entry::decode::<V>(&bytes, key.len(), self.epoch()) else {
+            self.metrics.l2_miss.increment(1);
+            return InL2::Miss;
+        };
+        let now = now_ms();
+        let overtaken = self.written_at(key).is_some_and(|at| found.loaded_at <= at)
+            || newer_than.is_some_and(|at| found.loaded_at <= at);
+        if overtaken || !found.is_usable(now) {
+            self.metrics.l2_miss.increment(1);
+            return InL2::Miss;
+        }
+        let found = Arc::new(found);
+        if now < found.fresh_until {
+            if found.value.is_some() {
+                self.metrics.l2_hit.increment(1);
+            } else {
+                self.metrics.l2_negative.increment(1);
+            }
+            self.insert_l1(key, found.clone());
+            InL2::Fresh(found)
+        } else {
+            self.metrics.l2_stale.increment(1);
+            InL2::Stale(found)
+        }
+    }
+
+    fn new_entry(
+        &self,
+        value: Option<V>,
+        loaded_at: u64,
+        load_ms: u64,
+    ) -> (Entry<V>, Option<Vec<u8>>) {
+        let now = now_ms();
+        let (ttl, hard) = if value.is_some() {
+            (
+                jittered(self.config.ttl, self.config.ttl_jitter),
+                self.config.hard_ttl,
+            )
+        } else {
+            let ttl = jittered(self.config.negative_ttl, self.config.ttl_jitter);
+            (ttl, ttl)
+        };
+        let mut entry = Entry {
+            value,
+            loaded_at,
+            fresh_until: now + ttl.as_millis() as u64,
+            hard_until: now + hard.as_millis() as u64,
+            load_ms,
+            epoch: self.epoch(),
+            weight: 0,
+        };
+        match entry::encode(&entry) {
+            Ok(bytes) if bytes.len() <= self.config.value_bytes_max => {
+                entry.weight = entry::weight(bytes.len(), 0);
+                (entry, Some(bytes))
+            }
+            Ok(_) => {
+                self.metrics.too_large.increment(1);
+                (entry, None)
+            }
+            Err(error) => {
+                tracing::warn!(cache = %self.config.name, %error, "a value does not serialize; not cached");
+                (entry, None)
+            }
+        }
+    }
+
+    /// Stores a freshly loaded or written entry in both levels.
+    async fn store(
+        &self,
+        key: &str,
+        keys: &Keys,
+        mut entry: Entry<V>,
+        bytes: Option<Vec<u8>>,
+    ) -> Arc<Entry<V>> {
+        entry.weight = entry.weight.saturating_add(entry::weight(0, key.len()));
+        let entry = Arc::new(entry);
+        let Some(bytes) = bytes else {
+            return entry;
+        };
+        self.insert_l1(key, entry.clone());
+        if let Some(l2) = &self.l2 {
+            let ttl = Duration::from_millis(entry.hard_until.saturating_sub(now_ms()).max(1));
+            let _ = self.l2_call(l2.store.set(&keys.value, &bytes, ttl)).await;
+        }
+        entry
+    }
+
+    /// One load of `key`: L2, then the loader under the cross-node lease.
+    async fn fill<F, Fut, E>(
+        self: &Arc<Self>,
+        key: &str,
+        loader: F,
+        stale: Option<Arc<Entry<V>>>,
+        early: bool,
+    ) -> Result<Loaded<V>, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, E>>,
+        E: Into<BoxError>,
+    {
+        let keys = self.keys(key);
+        let newer_than = early.then(|| stale.as_ref().map(|s| s.loaded_at)).flatten();
+        let mut stale = stale;
+        let mut lease = None;
+        if let Some(l2) = &self.l2 {
+            match self.read_l2(key, &keys, newer_than).await {
+                InL2::Fresh(entry) => {
+                    return Ok(Loaded {
+                        entry,
+                        stale: false,
+                    })
+                }
+                InL2::Stale(entry) => {
+                    stale = stale.or(Some(entry));
+                }
+                InL2::Miss => {}
+            }
+            let token = uuid::Uuid::now_v7().to_string();
+            let notify = Arc::new(Notify::new());
+            self.waiting().insert(key.to_owned(), notify.clone());
+            let _unregister = Unregister {
+                inner: Arc::downgrade(self),
+                key,
+                notify: &notify,
+            };
+            let give_up = Instant::now() + self.config.lease_ttl;
+            let mut counted = false;
+            loop {
+                let notified = notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                match self
+                    .l2_call(
+                        l2.store
+                            .try_lease(&keys.lease, &token, self.config.lease_ttl),
+                    )
+                    .await
+                {
+                    Ok(true) => {
+                        // Another node may have stored the value between our read and
+                        // our lease.
+                        if let InL2::Fresh(entry) = self.read_l2(key, &keys, newer_than).await {
+                            let _ = self
+                                .l2_call(l2.store.release_lease(&keys.lease, &token))
+                                .await;
+                            return Ok(Loaded {
+                                entry,
+                                stale: false,
+                            });
+                        }
+                        lease = Some(token);
+                        break;
+                    }
+                    Ok(false) => {
+                        if !counted {
+                            self.metrics.coalesced_remote.increment(1);
+                            counted = true;
+                        }
+                        let poll = self.config.lease_poll;
+                        tokio::select! {
+                            _ = &mut notified => {}
+                            _ = tokio::time::sleep(poll) => {}
+                        }
+                        if let InL2::Fresh(entry) = self.read_l2(key, &keys, newer_than).await {
+                            return Ok(Loaded {
+                                entry,
+                                stale: false,
+                            });
+                        }
+                        if Instant::now() >= give_up {
+                            break; // the holder neither finished nor let go: load ourselves
+                        }
+                    }
+                    Err(_) => break, // no Redis: this node's single flight is all there is
+                }
+            }
+        }
+
+        let loaded_at = now_ms();
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.config.load_timeout, loader()).await;
+        let took = started.elapsed();
+        self.metrics.load_duration.record(took.as_secs_f64());
+        let failure = match outcome {
+            Ok(Ok(value)) => {
+                self.metrics.loads_ok.increment(1);
+                let (entry, bytes) = self.new_entry(value, loaded_at, took.as_millis() as u64);
+                let overtaken = self.written_at(key).is_some_and(|at| at >= loaded_at);
+                let entry = if overtaken {
+                    Arc::new(entry) // a write came during the load: answer, do not keep
+                } else {
+                    self.store(key, &keys, entry, bytes).await
+                };
+                if let (Some(l2), Some(token)) = (&self.l2, &lease) {
+                    let _ = self
+                        .l2_call(l2.store.release_lease(&keys.lease, token))
+                        .await;
+                }
+                if !overtaken && self.l2.is_some() {
+                    self.publish(Op::Loaded, key, loaded_at).await;
+                }
+                return Ok(Loaded {
+                    entry,
+                    stale: false,
+                });
+            }
+            Ok(Err(error)) => {
+                self.metrics.loads_failed.increment(1);
+                CacheError::Load {
+                    cache: self.config.name.clone(),
+                    key: key.to_owned(),
+                    source: Arc::new(error.into()),
+                }
+            }
+            Err(_) => {
+                self.metrics.loads_timed_out.increment(1);
+                CacheError::Timeout {
+                    cache: self.config.name.clone(),
+                    key: key.to_owned(),
+                    after: self.config.load_timeout,
+                }
+            }
+        };
+        if let (Some(l2), Some(token)) = (&self.l2, &lease) {
+            let _ = self
+                .l2_call(l2.store.release_lease(&keys.lease, token))
+                .await;
+        }
+        tracing::warn!(cache = %self.config.name, key, error = %failure, stale = stale.is_some(), "cache load failed");
+        match stale {
+            Some(old) if old.is_usable(now_ms()) => {
+                // Fail-safe: the stale value serves again for a short while, so the
+                // failing store is not asked on every request.
+                let now = now_ms();
+                let throttle = self.config.fail_safe_throttle.as_millis() as u64;
+                let again = Arc::new(Entry {
+                    value: old.value.clone(),
+                    loaded_at: old.loaded_at,
+                    fresh_until: (now + throttle).min(old.hard_until),
+                    hard_until: old.hard_until,
+                    load_ms: old.load_ms,
+                    epoch: self.epoch(),
+                    weight: old.weight,
+                });
+                if self.written_at(key).is_none_or(|at| at < old.loaded_at) {
+                    self.insert_l1(key, again.clone());
+                }
+                Ok(Loaded {
+                    entry: again,
+                    stale: true,
+                })
+            }
+            _ => Err(failure),
+        }
+    }
+}
+
+/// Takes a flight's entry out of the waiting map when it stops waiting.
+struct Unregister<'a, V> {
+    inner: Weak<Inner<V>>,
+    key: &'a str,
+    notify: &'a Arc<Notify>,
+}
+
+impl<V> Drop for Unregister<'_, V> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            let mut waiting = inner.waiting();
+            if waiting
+                .get(self.key)
+                .is_some_and(|n| Arc::ptr_eq(n, self.notify))
+            {
+                waiting.remove(self.key);
+            }
+        }
+    }
+}
+
+/// Takes a flight out of the flight map when its task ends, however it ends.
+struct Landed<V> {
+    inner: Arc<Inner<V>>,
+    key: String,
+    receiver: watch::Receiver<FlightResult<V>>,
+}
+
+impl<V> Drop for Landed<V> {
+    fn drop(&mut self) {
+        let mut flights = self.inner.flights();
+        if flights
+            .get(&self.key)
+            .is_some_and(|r| r.same_channel(&self.receiver))
+        {
+            flights.remove(&self.key);
+        }
+    }
+}
+
+impl<V> Cache<V>
+where
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    /// An L1-only cache (the embedded defaults: no Redis).
+    pub fn local(config: CacheConfig) -> Result<Self, CacheError> {
+        Self::build(config, None)
+    }
+
+    /// A two-level cache over `l2`; starts the backplane subscription (needs a Tokio
+    /// runtime). Redis need not be up: the cache works without it and picks it up.
+    pub fn with_l2(config: CacheConfig, l2: Arc<dyn L2>) -> Result<Self, CacheError> {
+        Self::build(config, Some(l2))
+    }
+
+    /// A two-level cache over the Redis at `url` (`redis://host:port/db`).
+    pub fn redis(config: CacheConfig, url: &str) -> Result<Self, CacheError> {
+        let l2 = crate::RedisL2::new(url, config.l2_timeout.max(Duration::from_millis(200)))
+            .map_err(|e| CacheError::Config(e.to_string()))?;
+        Self::with_l2(config, Arc::new(l2))
+    }
+
+    fn build(config: CacheConfig, l2: Option<Arc<dyn L2>>) -> Result<Self, CacheError> {
+        config.validate().map_err(CacheError::Config)?;
+        let metrics = Metrics::new(&config.name);
+        let evictions = metrics.clone();
+        let l1 = moka::sync::Cache::builder()
+            .max_capacity(config.l1_bytes_max)
+            .weigher(|_key: &String, entry: &Arc<Entry<V>>| entry.weight.max(1))
+            .expire_after(HardExpiry)
+            .eviction_listener(move |_key, _value, cause| match cause {
+                RemovalCause::Size => evictions.evicted_size.increment(1),
+                RemovalCause::Expired => evictions.evicted_expired.increment(1),
+                RemovalCause::Explicit | RemovalCause::Replaced => {}
+            })
+            .build();
+        let writes = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(
+                config.load_timeout
+                    + config.lease_ttl
+                    + config.ttl.mul_f64(1.0 + config.ttl_jitter),
+            )
+            .build();
+        let stop = CancellationToken::new();
+        let shared = l2.map(|store| Shared {
+            breaker: CircuitBreaker::new(CircuitBreakerConfig {
+                name: format!("cache-{}-redis", config.name),
+                window: config.l2_breaker_window,
+                failures_max: config.l2_breaker_failures,
+                open_duration: config.l2_breaker_open,
+                slow_call: config.l2_timeout,
+                ..CircuitBreakerConfig::default()
+            }),
+            timeout: config.l2_timeout,
+            store,
+        });
+        let inner = Arc::new(Inner {
+            node: uuid::Uuid::now_v7().to_string(),
+            l1,
+            epoch: AtomicU64::new(0),
+            backplane_connected: AtomicBool::new(false),
+            flights: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
+            writes,
+            metrics,
+            l2: shared,
+            _stop: stop.clone().drop_guard(),
+            config,
+        });
+        if let Some(l2) = &inner.l2 {
+            tokio::spawn(backplane(Arc::downgrade(&inner), l2.store.clone(), stop));
+        }
+        Ok(Self { inner })
+    }
+
+    /// The cache's settings.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// Whether the backplane's subscription is up (always false without L2).
+    pub fn backplane_connected(&self) -> bool {
+        self.inner.backplane_connected.load(Ordering::Acquire)
+    }
+
+    /// The value of `key`: from L1, L2, or `loader` (`Ok(None)`: there is none, cached
+    /// for `negative_ttl`). The loader runs on its own task, so a caller that gives up
+    /// does not cancel a load others wait on.
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+    ) -> Result<Option<V>, CacheError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let inner = &self.inner;
+        let now = now_ms();
+        let stale = match inner.l1.get(key) {
+            Some(found) if found.is_fresh(now, inner.epoch()) => {
+                if found.value.is_some() {
+                    inner.metrics.l1_hit.increment(1);
+                } else {
+                    inner.metrics.l1_negative.increment(1);
+                }
+                if found.wants_early_refresh(now, inner.config.early_refresh_beta) {
+                    inner.metrics.early_refreshes.increment(1);
+                    drop(self.flight(key, loader, Some(found.clone()), true));
+                }
+                return Ok(found.value.clone());
+            }
+            Some(found) if found.is_usable(now) => {
+                inner.metrics.l1_stale.increment(1);
+                Some(found)
+            }
+            _ => {
+                inner.metrics.l1_miss.increment(1);
+                None
+            }
+        };
+        let mut flight = self.flight(key, loader, stale.clone(), false);
+        let wait = if stale.is_some() {
+            inner.config.soft_timeout
+        } else {
+            // The lease wait, the load, and a margin for the L2 calls around them.
+            inner.config.lease_ttl + inner.config.load_timeout + inner.config.l2_timeout * 8
+        };
+        let waited = tokio::time::timeout(wait, flight.wait_for(Option::is_some)).await;
+        let outcome = match &waited {
+            Ok(Ok(result)) => match result.as_ref() {
+                Some(Ok(loaded)) => {
+                    if loaded.stale {
+                        inner.metrics.served_stale.increment(1);
+                    }
+                    return Ok(loaded.entry.value.clone());
+                }
+                Some(Err(error)) => error.clone(),
+                None => self.abandoned(key),
+            },
+            Ok(Err(_)) => self.abandoned(key),
+            Err(_) => CacheError::Timeout {
+                cache: inner.config.name.clone(),
+                key: key.to_owned(),
+                after: wait,
+            },
+        };
+        match stale {
+            Some(old) if old.is_usable(now_ms()) => {
+                inner.metrics.served_stale.increment(1);
+                Ok(old.value.clone())
+            }
+            _ => Err(outcome),
+        }
+    }
+
+    fn abandoned(&self, key: &str) -> CacheError {
+        CacheError::Abandoned {
+            cache: self.inner.config.name.clone(),
+            key: key.to_owned(),
+        }
+    }
+
+    /// Joins the load of `key` in progress, or starts one.
+    fn flight<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        stale: Option<Arc<Entry<V>>>,
+        early: bool,
+    ) -> watch::Receiver<FlightResult<V>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let mut flights = self.inner.flights();
+        if let Some(running) = flights.get(key) {
+            if !early {
+                self.inner.metrics.coalesced_local.increment(1);
+            }
+            return running.clone();
+        }
+        let (sender, receiver) = watch::channel(None);
+        flights.insert(key.to_owned(), receiver.clone());
+        drop(flights);
+        let landed = Landed {
+            inner: self.inner.clone(),
+            key: key.to_owned(),
+            receiver: receiver.clone(),
+        };
+        tokio::spawn(async move {
+            let result = landed.inner.fill(&landed.key, loader, stale, early).await;
+            let _ = sender.send(Some(result));
+            drop(landed);
+        });
+        receiver
+    }
+
+    /// Puts `value` under `key` in both levels and drops it from every other node's L1.
+    pub async fn set(&self, key: &str, value: V) {
+        let inner = &self.inner;
+        let at = now_ms();
+        inner.note_write(key, at);
+        inner.metrics.invalidated_write.increment(1);
+        // The written value is as new as the write itself: one past it, so that it is
+        // not mistaken for a load that began before the write.
+        let (entry, bytes) = inner.new_entry(Some(value), at + 1, 1);
+        let keys = inner.keys(key);
+        if bytes.is_none() {
+            if let Some(l2) = &inner.l2 {
+                let _ = inner.l2_call(l2.store.delete(&keys.value)).await;
+            }
+        }
+        inner.store(key, &keys, entry, bytes).await;
+        inner.publish(Op::Invalidate, key, at).await;
+    }
+
+    /// Drops `key` from both levels and from every other node's L1; the next read loads
+    /// it. When this returns, this node reads the new value (a writer reads its own
+    /// write), whatever Redis does.
+    pub async fn invalidate(&self, key: &str, source: Source) {
+        let inner = &self.inner;
+        let at = now_ms();
+        inner.note_write(key, at);
+        match source {
+            Source::Write => inner.metrics.invalidated_write.increment(1),
+            Source::Event => inner.metrics.invalidated_event.increment(1),
+        }
+        if let Some(l2) = &inner.l2 {
+            let keys = inner.keys(key);
+            let _ = inner.l2_call(l2.store.delete(&keys.value)).await;
+        }
+        inner.publish(Op::Invalidate, key, at).await;
+    }
+
+    /// L1's weight (serialized bytes and keys) and entry count, after pending
+    /// maintenance.
+    pub fn l1_size(&self) -> (u64, u64) {
+        self.inner.l1.run_pending_tasks();
+        (self.inner.l1.weighted_size(), self.inner.l1.entry_count())
+    }
+}
+
+/// L1 keeps an entry until its hard expiry (stale values serve as fail-safe).
+struct HardExpiry;
+
+impl<V> moka::Expiry<String, Arc<Entry<V>>> for HardExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        entry: &Arc<Entry<V>>,
+        _at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(entry.l1_lifetime(now_ms()))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        entry: &Arc<Entry<V>>,
+        _at: std::time::Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.l1_lifetime(now_ms()))
+    }
+}
+
+/// Keeps the backplane subscription up. Every (re)connection and every loss bumps the
+/// epoch: what was said while nobody listened is unknown, so nothing in L1 is trusted
+/// past it.
+async fn backplane<V: Send + Sync + 'static>(
+    inner: Weak<Inner<V>>,
+    store: Arc<dyn L2>,
+    stop: CancellationToken,
+) {
+    let (channel, ping_every, name) = match inner.upgrade() {
+        Some(inner) => (
+            Inner::<V>::channel(&inner.config),
+            inner.config.backplane_ping,
+            inner.config.name.clone(),
+        ),
+        None => return,
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let subscribed = tokio::select! {
+            _ = stop.cancelled() => return,
+            subscribed = tokio::time::timeout(ping_every, store.subscribe(&channel)) => subscribed,
+        };
+        if let Ok(Ok((mut messages, mut pinger))) = subscribed {
+            backoff = Duration::from_millis(100);
+            match inner.upgrade() {
+                Some(inner) => {
+                    inner.bump_epoch();
+                    inner.backplane_connected.store(true, Ordering::Release);
+                    inner.metrics.backplane_up.set(1.0);
+                }
+                None => return,
+            }
+            tracing::debug!(cache = %name, "backplane subscribed");
+            let mut ticks = tokio::time::interval(ping_every);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    message = messages.next() => match message {
+                        Some(bytes) => match inner.upgrade() {
+                            Some(inner) => inner.handle_message(&bytes),
+                            None => return,
+                        },
+                        None => break,
+                    },
+                    _ = ticks.tick() => {
+                        if !matches!(tokio::time::timeout(ping_every, pinger.ping()).await, Ok(Ok(()))) {
+                            break;
+                        }
+                    }
+                }
+            }
+            match inner.upgrade() {
+                Some(inner) => {
+                    inner.backplane_connected.store(false, Ordering::Release);
+                    inner.metrics.backplane_up.set(0.0);
+                    inner.bump_epoch();
+                }
+                None => return,
+            }
+            tracing::warn!(cache = %name, "backplane lost: every L1 entry is stale until it is back");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
