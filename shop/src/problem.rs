@@ -64,6 +64,37 @@ impl ApiError {
     }
 }
 
+impl From<eddy_cache::CacheError> for ApiError {
+    /// A read through a cache that found neither a value nor a stale one to fall back
+    /// on: the database's own error, or unavailable when the load was too slow.
+    fn from(error: eddy_cache::CacheError) -> Self {
+        use eddy_cache::CacheError;
+        match error {
+            CacheError::Load { source, .. } => match source.downcast_ref::<eddy_core::Error>() {
+                Some(e) if e.is_transient() => {
+                    ApiError::Unavailable("the database is busy; try again".to_owned())
+                }
+                _ => ApiError::Unexpected(anyhow::anyhow!("{source}")),
+            },
+            CacheError::Timeout { .. } | CacheError::Abandoned { .. } => {
+                ApiError::Unavailable("reading took too long; try again".to_owned())
+            }
+            CacheError::Config(message) => ApiError::Unexpected(anyhow::anyhow!(message)),
+        }
+    }
+}
+
+/// A database read for a cache loader: eddy's error, which a cache carries to every
+/// waiting caller.
+pub async fn read_conn(
+    db: &eddy_sql::Db,
+) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, eddy_core::Error> {
+    db.pool()
+        .acquire()
+        .await
+        .map_err(|e| eddy_sql::classify("database error", e))
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         ApiError::from(eddy_sql::classify("database error", error))

@@ -77,6 +77,15 @@ enum Op {
 
 const MESSAGE_FORMAT: u32 = 1;
 
+/// Lock stripes per cache (see `Inner::stripes`).
+const STRIPES: usize = 64;
+
+/// Write records a node keeps (the newest; older ones raise the floor).
+const WRITES_KEPT_MAX: u64 = 100_000;
+
+/// Writes waiting in the background for Redis to take them, at most.
+const WRITE_RETRIES_MAX: usize = 1024;
+
 /// Where an invalidation came from (the `source` label of `cache_invalidations_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -137,6 +146,14 @@ struct Inner<V> {
     /// Keys written lately, with when: a load that began before is not stored, and an L2
     /// entry loaded before is not trusted. Bounded by time and count.
     writes: moka::sync::Cache<String, u64>,
+    /// Raised to the write time of a record the `writes` bound pushed out: a load that
+    /// began before it is treated as overtaken, whatever its key.
+    writes_floor: Arc<AtomicU64>,
+    /// Per-key stripes serialising "record a write + drop L1" against "check for a
+    /// write + insert into L1", so an old value cannot slip in after an invalidation.
+    stripes: Vec<Mutex<()>>,
+    /// Bounds the background retries of writes Redis did not take.
+    retries: Arc<tokio::sync::Semaphore>,
     metrics: Metrics,
     _stop: DropGuard,
 }
@@ -181,15 +198,33 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// Records that `key` was written at `at`: drops it from L1 and detaches a load in
     /// progress, so that the next read starts a new one.
     fn note_write(&self, key: &str, at: u64) {
-        let at = self.written_at(key).map_or(at, |known| known.max(at));
-        self.writes.insert(key.to_owned(), at);
-        self.l1.invalidate(key);
+        {
+            let _stripe = self.stripe(key);
+            let at = self.writes.get(key).map_or(at, |known| known.max(at));
+            self.writes.insert(key.to_owned(), at);
+            self.l1.invalidate(key);
+        }
         self.flights().remove(key);
     }
 
-    /// The time of the last write of `key` this node knows of.
+    fn stripe(&self, key: &str) -> MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        let index = (hasher.finish() % STRIPES as u64) as usize;
+        self.stripes[index % self.stripes.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The time of the last write of `key` this node knows of (or the floor left by
+    /// write records the bound pushed out).
     fn written_at(&self, key: &str) -> Option<u64> {
-        self.writes.get(key)
+        let floor = self.writes_floor.load(Ordering::Acquire);
+        match self.writes.get(key) {
+            Some(at) => Some(at.max(floor)),
+            None => (floor > 0).then_some(floor),
+        }
     }
 
     /// A call to L2 through its timeout and breaker.
@@ -261,14 +296,34 @@ impl<V> Inner<V>
 where
     V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
+    /// Puts a written value into L1.
     fn insert_l1(&self, key: &str, entry: Arc<Entry<V>>) {
+        let _stripe = self.stripe(key);
         self.l1.insert(key.to_owned(), entry);
         self.metrics.l1_weight.set(self.l1.weighted_size() as f64);
     }
 
+    /// Puts a loaded `entry` into L1 unless a write this node knows of came at or after
+    /// its load began; says whether it did.
+    fn insert_unless_overtaken(&self, key: &str, entry: Arc<Entry<V>>) -> bool {
+        let _stripe = self.stripe(key);
+        if self.written_at(key).is_some_and(|at| at >= entry.loaded_at) {
+            return false;
+        }
+        self.l1.insert(key.to_owned(), entry);
+        self.metrics.l1_weight.set(self.l1.weighted_size() as f64);
+        true
+    }
+
     /// Reads `key` from L2. `newer_than`: only an entry loaded after then counts as fresh
     /// (an early refresh wants a newer value than the one it has).
-    async fn read_l2(&self, key: &str, keys: &Keys, newer_than: Option<u64>) -> InL2<V> {
+    async fn read_l2(
+        &self,
+        key: &str,
+        keys: &Keys,
+        newer_than: Option<u64>,
+        epoch: u64,
+    ) -> InL2<V> {
         let Some(l2) = &self.l2 else {
             return InL2::Miss;
         };
@@ -276,7 +331,7 @@ where
             self.metrics.l2_miss.increment(1);
             return InL2::Miss;
         };
-        let Some(found) = entry::decode::<V>(&bytes, key.len(), self.epoch()) else {
+        let Some(found) = entry::decode::<V>(&bytes, key.len(), epoch) else {
             self.metrics.l2_miss.increment(1);
             return InL2::Miss;
         };
@@ -294,7 +349,10 @@ where
             } else {
                 self.metrics.l2_negative.increment(1);
             }
-            self.insert_l1(key, found.clone());
+            if !self.insert_unless_overtaken(key, found.clone()) {
+                self.metrics.l2_miss.increment(1);
+                return InL2::Miss;
+            }
             InL2::Fresh(found)
         } else {
             self.metrics.l2_stale.increment(1);
@@ -307,6 +365,7 @@ where
         value: Option<V>,
         loaded_at: u64,
         load_ms: u64,
+        epoch: u64,
     ) -> (Entry<V>, Option<Vec<u8>>) {
         let now = now_ms();
         let (ttl, hard) = if value.is_some() {
@@ -321,10 +380,10 @@ where
         let mut entry = Entry {
             value,
             loaded_at,
-            fresh_until: now + ttl.as_millis() as u64,
-            hard_until: now + hard.as_millis() as u64,
+            fresh_until: now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            hard_until: now.saturating_add(u64::try_from(hard.as_millis()).unwrap_or(u64::MAX)),
             load_ms,
-            epoch: self.epoch(),
+            epoch,
             weight: 0,
         };
         match entry::encode(&entry) {
@@ -343,25 +402,116 @@ where
         }
     }
 
-    /// Stores a freshly loaded or written entry in both levels.
+    /// Stores a loaded entry in both levels unless a write overtook its load; says
+    /// whether it did.
     async fn store(
         &self,
         key: &str,
         keys: &Keys,
         mut entry: Entry<V>,
         bytes: Option<Vec<u8>>,
-    ) -> Arc<Entry<V>> {
+    ) -> (Arc<Entry<V>>, bool) {
         entry.weight = entry.weight.saturating_add(entry::weight(0, key.len()));
         let entry = Arc::new(entry);
         let Some(bytes) = bytes else {
-            return entry;
+            return (entry, false);
         };
-        self.insert_l1(key, entry.clone());
+        if !self.insert_unless_overtaken(key, entry.clone()) {
+            return (entry, false); // a write came during the load: answer, do not keep
+        }
         if let Some(l2) = &self.l2 {
             let ttl = Duration::from_millis(entry.hard_until.saturating_sub(now_ms()).max(1));
             let _ = self.l2_call(l2.store.set(&keys.value, &bytes, ttl)).await;
         }
-        entry
+        (entry, true)
+    }
+
+    /// After a load: gives the lease back and, if the value was stored, wakes the nodes
+    /// waiting on it — on a task of its own, so the callers have their answer first.
+    fn finish_in_background(
+        self: &Arc<Self>,
+        key: &str,
+        keys: &Keys,
+        lease: Option<String>,
+        stored: bool,
+    ) {
+        if self.l2.is_none() || (lease.is_none() && !stored) {
+            return;
+        }
+        let inner = self.clone();
+        let key = key.to_owned();
+        let lease_key = keys.lease.clone();
+        tokio::spawn(async move {
+            let Some(l2) = &inner.l2 else { return };
+            if let Some(token) = lease {
+                let _ = inner
+                    .l2_call(l2.store.release_lease(&lease_key, &token))
+                    .await;
+            }
+            if stored {
+                inner.publish(Op::Loaded, &key, now_ms()).await;
+            }
+        });
+    }
+
+    /// Tells L2 and the other nodes that `key` was written at `at`: stores `value` (the
+    /// new serialized entry) or deletes the old one, and publishes the invalidation.
+    /// These calls skip the breaker (a write must not be dropped because reads failed
+    /// lately) and, if Redis does not take them, are retried in the background until the
+    /// entry's TTL has passed — after which no node holds the old value as fresh.
+    async fn announce_write(self: &Arc<Self>, key: &str, at: u64, value: Option<Vec<u8>>) {
+        if self.l2.is_none() || self.try_announce(key, at, value.as_deref()).await {
+            return;
+        }
+        let Ok(permit) = self.retries.clone().try_acquire_owned() else {
+            tracing::warn!(cache = %self.config.name, key, "too many writes waiting for Redis; this one is bounded by its TTL");
+            return;
+        };
+        let inner = self.clone();
+        let key = key.to_owned();
+        let until = Instant::now() + self.config.ttl.mul_f64(1.0 + self.config.ttl_jitter);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut pause = Duration::from_millis(50);
+            while Instant::now() < until {
+                tokio::time::sleep(pause).await;
+                if inner.try_announce(&key, at, None).await {
+                    return;
+                }
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        });
+    }
+
+    /// One attempt at [`Inner::announce_write`]'s calls, both at once.
+    async fn try_announce(&self, key: &str, at: u64, value: Option<&[u8]>) -> bool {
+        let Some(l2) = &self.l2 else { return true };
+        let keys = self.keys(key);
+        let message = Message {
+            v: MESSAGE_FORMAT,
+            node: self.node.clone(),
+            op: Op::Invalidate,
+            key: key.to_owned(),
+            at,
+        };
+        let Ok(bytes) = serde_json::to_vec(&message) else {
+            return false;
+        };
+        let channel = Self::channel(&self.config);
+        let store = async {
+            let call = match value {
+                Some(entry) => l2.store.set(&keys.value, entry, self.config.hard_ttl),
+                None => l2.store.delete(&keys.value),
+            };
+            tokio::time::timeout(l2.timeout, call).await
+        };
+        let publish = tokio::time::timeout(l2.timeout, l2.store.publish(&channel, &bytes));
+        let (stored, published) = futures::join!(store, publish);
+        let ok = matches!(stored, Ok(Ok(()))) && matches!(published, Ok(Ok(())));
+        if !ok {
+            self.metrics.l2_errors.increment(1);
+        }
+        ok
     }
 
     /// One load of `key`: L2, then the loader under the cross-node lease.
@@ -378,20 +528,21 @@ where
         E: Into<BoxError>,
     {
         let keys = self.keys(key);
+        // The epoch when the load began: if the backplane is lost during the load, what
+        // it brings is stale at once.
+        let epoch = self.epoch();
         let newer_than = early.then(|| stale.as_ref().map(|s| s.loaded_at)).flatten();
         let mut stale = stale;
         let mut lease = None;
         if let Some(l2) = &self.l2 {
-            match self.read_l2(key, &keys, newer_than).await {
+            match self.read_l2(key, &keys, newer_than, epoch).await {
                 InL2::Fresh(entry) => {
                     return Ok(Loaded {
                         entry,
                         stale: false,
                     })
                 }
-                InL2::Stale(entry) => {
-                    stale = stale.or(Some(entry));
-                }
+                InL2::Stale(entry) => stale = stale.or(Some(entry)),
                 InL2::Miss => {}
             }
             let token = uuid::Uuid::now_v7().to_string();
@@ -402,26 +553,26 @@ where
                 key,
                 notify: &notify,
             };
-            let give_up = Instant::now() + self.config.lease_ttl;
+            // Past the lease's life, one more attempt takes it over from a holder that
+            // died.
+            let give_up = Instant::now() + self.config.lease_ttl + self.config.lease_poll;
             let mut counted = false;
             loop {
                 let notified = notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
+                let ttl = self.config.lease_ttl;
                 match self
-                    .l2_call(
-                        l2.store
-                            .try_lease(&keys.lease, &token, self.config.lease_ttl),
-                    )
+                    .l2_call(l2.store.try_lease(&keys.lease, &token, ttl))
                     .await
                 {
                     Ok(true) => {
                         // Another node may have stored the value between our read and
                         // our lease.
-                        if let InL2::Fresh(entry) = self.read_l2(key, &keys, newer_than).await {
-                            let _ = self
-                                .l2_call(l2.store.release_lease(&keys.lease, &token))
-                                .await;
+                        if let InL2::Fresh(entry) =
+                            self.read_l2(key, &keys, newer_than, epoch).await
+                        {
+                            self.finish_in_background(key, &keys, Some(token), false);
                             return Ok(Loaded {
                                 entry,
                                 stale: false,
@@ -440,7 +591,9 @@ where
                             _ = &mut notified => {}
                             _ = tokio::time::sleep(poll) => {}
                         }
-                        if let InL2::Fresh(entry) = self.read_l2(key, &keys, newer_than).await {
+                        if let InL2::Fresh(entry) =
+                            self.read_l2(key, &keys, newer_than, epoch).await
+                        {
                             return Ok(Loaded {
                                 entry,
                                 stale: false,
@@ -463,21 +616,10 @@ where
         let failure = match outcome {
             Ok(Ok(value)) => {
                 self.metrics.loads_ok.increment(1);
-                let (entry, bytes) = self.new_entry(value, loaded_at, took.as_millis() as u64);
-                let overtaken = self.written_at(key).is_some_and(|at| at >= loaded_at);
-                let entry = if overtaken {
-                    Arc::new(entry) // a write came during the load: answer, do not keep
-                } else {
-                    self.store(key, &keys, entry, bytes).await
-                };
-                if let (Some(l2), Some(token)) = (&self.l2, &lease) {
-                    let _ = self
-                        .l2_call(l2.store.release_lease(&keys.lease, token))
-                        .await;
-                }
-                if !overtaken && self.l2.is_some() {
-                    self.publish(Op::Loaded, key, loaded_at).await;
-                }
+                let took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+                let (entry, bytes) = self.new_entry(value, loaded_at, took_ms, epoch);
+                let (entry, stored) = self.store(key, &keys, entry, bytes).await;
+                self.finish_in_background(key, &keys, lease, stored);
                 return Ok(Loaded {
                     entry,
                     stale: false,
@@ -500,30 +642,25 @@ where
                 }
             }
         };
-        if let (Some(l2), Some(token)) = (&self.l2, &lease) {
-            let _ = self
-                .l2_call(l2.store.release_lease(&keys.lease, token))
-                .await;
-        }
+        self.finish_in_background(key, &keys, lease, false);
         tracing::warn!(cache = %self.config.name, key, error = %failure, stale = stale.is_some(), "cache load failed");
         match stale {
             Some(old) if old.is_usable(now_ms()) => {
                 // Fail-safe: the stale value serves again for a short while, so the
                 // failing store is not asked on every request.
                 let now = now_ms();
-                let throttle = self.config.fail_safe_throttle.as_millis() as u64;
+                let throttle =
+                    u64::try_from(self.config.fail_safe_throttle.as_millis()).unwrap_or(u64::MAX);
                 let again = Arc::new(Entry {
                     value: old.value.clone(),
                     loaded_at: old.loaded_at,
-                    fresh_until: (now + throttle).min(old.hard_until),
+                    fresh_until: now.saturating_add(throttle).min(old.hard_until),
                     hard_until: old.hard_until,
                     load_ms: old.load_ms,
-                    epoch: self.epoch(),
+                    epoch,
                     weight: old.weight,
                 });
-                if self.written_at(key).is_none_or(|at| at < old.loaded_at) {
-                    self.insert_l1(key, again.clone());
-                }
+                self.insert_unless_overtaken(key, again.clone());
                 Ok(Loaded {
                     entry: again,
                     stale: true,
@@ -610,8 +747,17 @@ where
                 RemovalCause::Explicit | RemovalCause::Replaced => {}
             })
             .build();
+        let writes_floor = Arc::new(AtomicU64::new(0));
+        let floor = writes_floor.clone();
         let writes = moka::sync::Cache::builder()
-            .max_capacity(100_000)
+            .max_capacity(WRITES_KEPT_MAX)
+            // LRU, not TinyLFU: a new write record must never lose to older ones.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .eviction_listener(move |_key, at: u64, cause| {
+                if cause == RemovalCause::Size {
+                    floor.fetch_max(at, Ordering::AcqRel);
+                }
+            })
             .time_to_live(
                 config.load_timeout
                     + config.lease_ttl
@@ -639,6 +785,9 @@ where
             flights: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             writes,
+            writes_floor,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            retries: Arc::new(tokio::sync::Semaphore::new(WRITE_RETRIES_MAX)),
             metrics,
             l2: shared,
             _stop: stop.clone().drop_guard(),
@@ -683,7 +832,6 @@ where
                     inner.metrics.l1_negative.increment(1);
                 }
                 if found.wants_early_refresh(now, inner.config.early_refresh_beta) {
-                    inner.metrics.early_refreshes.increment(1);
                     drop(self.flight(key, loader, Some(found.clone()), true));
                 }
                 return Ok(found.value.clone());
@@ -702,7 +850,10 @@ where
             inner.config.soft_timeout
         } else {
             // The lease wait, the load, and a margin for the L2 calls around them.
-            inner.config.lease_ttl + inner.config.load_timeout + inner.config.l2_timeout * 8
+            inner.config.lease_ttl
+                + inner.config.lease_poll * 2
+                + inner.config.load_timeout
+                + inner.config.l2_timeout * 10
         };
         let waited = tokio::time::timeout(wait, flight.wait_for(Option::is_some)).await;
         let outcome = match &waited {
@@ -759,6 +910,9 @@ where
             }
             return running.clone();
         }
+        if early {
+            self.inner.metrics.early_refreshes.increment(1);
+        }
         let (sender, receiver) = watch::channel(None);
         flights.insert(key.to_owned(), receiver.clone());
         drop(flights);
@@ -783,15 +937,13 @@ where
         inner.metrics.invalidated_write.increment(1);
         // The written value is as new as the write itself: one past it, so that it is
         // not mistaken for a load that began before the write.
-        let (entry, bytes) = inner.new_entry(Some(value), at + 1, 1);
-        let keys = inner.keys(key);
-        if bytes.is_none() {
-            if let Some(l2) = &inner.l2 {
-                let _ = inner.l2_call(l2.store.delete(&keys.value)).await;
-            }
+        let epoch = inner.epoch();
+        let (mut entry, bytes) = inner.new_entry(Some(value), at + 1, 1, epoch);
+        if bytes.is_some() {
+            entry.weight = entry.weight.saturating_add(entry::weight(0, key.len()));
+            inner.insert_l1(key, Arc::new(entry));
         }
-        inner.store(key, &keys, entry, bytes).await;
-        inner.publish(Op::Invalidate, key, at).await;
+        inner.announce_write(key, at, bytes).await;
     }
 
     /// Drops `key` from both levels and from every other node's L1; the next read loads
@@ -805,11 +957,7 @@ where
             Source::Write => inner.metrics.invalidated_write.increment(1),
             Source::Event => inner.metrics.invalidated_event.increment(1),
         }
-        if let Some(l2) = &inner.l2 {
-            let keys = inner.keys(key);
-            let _ = inner.l2_call(l2.store.delete(&keys.value)).await;
-        }
-        inner.publish(Op::Invalidate, key, at).await;
+        inner.announce_write(key, at, None).await;
     }
 
     /// L1's weight (serialized bytes and keys) and entry count, after pending

@@ -39,8 +39,8 @@ pub struct CacheConfig {
     /// Default 64 MiB.
     pub l1_bytes_max: u64,
     /// How long the node loading a key holds its Redis lease; other nodes wait for the
-    /// value, and take over when a holder that died lets the lease expire. Must exceed
-    /// `load_timeout`'s typical loads; default 5 s.
+    /// value, and take over when a holder that died lets the lease expire. Longer than
+    /// `load_timeout`, so a slow but healthy holder keeps it; default 7 s.
     pub lease_ttl: Duration,
     /// Nodes waiting on another's lease are woken by the backplane when the value lands;
     /// they also look in Redis this often in case the message was lost. Default 250 ms.
@@ -93,6 +93,29 @@ impl CacheConfig {
         if self.lease_ttl.is_zero() || self.lease_poll.is_zero() || self.l2_timeout.is_zero() {
             problems.push("lease_ttl, lease_poll and l2_timeout must be above 0".to_owned());
         }
+        if self.lease_ttl <= self.load_timeout {
+            problems.push("lease_ttl must exceed load_timeout".to_owned());
+        }
+        let year = Duration::from_secs(365 * 24 * 3600);
+        for (name, value) in [
+            ("ttl", self.ttl),
+            ("hard_ttl", self.hard_ttl),
+            ("negative_ttl", self.negative_ttl),
+            ("load_timeout", self.load_timeout),
+            ("lease_ttl", self.lease_ttl),
+            ("soft_timeout", self.soft_timeout),
+            ("fail_safe_throttle", self.fail_safe_throttle),
+            ("backplane_ping", self.backplane_ping),
+            ("l2_breaker_open", self.l2_breaker_open),
+            ("l2_breaker_window", self.l2_breaker_window),
+        ] {
+            if value > year {
+                problems.push(format!("{name} must be at most a year"));
+            }
+        }
+        if self.lease_poll > year || self.l2_timeout > year {
+            problems.push("lease_poll and l2_timeout must be at most a year".to_owned());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -116,7 +139,7 @@ impl Default for CacheConfig {
             early_refresh_beta: 1.0,
             value_bytes_max: 1 << 20,
             l1_bytes_max: 64 << 20,
-            lease_ttl: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(7),
             lease_poll: Duration::from_millis(250),
             l2_timeout: Duration::from_millis(50),
             l2_breaker_failures: 5,

@@ -15,6 +15,9 @@ fn config(name: &str) -> CacheConfig {
         key_prefix: format!("t{}", uuid::Uuid::now_v7().simple()),
         ttl: Duration::from_secs(10),
         hard_ttl: Duration::from_secs(30),
+        // Generous for a loaded 2-core box: a slow Redis reply must not count as Redis
+        // failing (the fault tests kill Redis for real).
+        l2_timeout: Duration::from_secs(1),
         ..CacheConfig::named(name)
     }
 }
@@ -160,6 +163,7 @@ async fn redis_down_costs_callers_nothing_and_the_cache_recovers() {
         ttl_jitter: 0.0,
         hard_ttl: Duration::from_secs(2),
         l2_breaker_open: Duration::from_millis(300),
+        l2_timeout: Duration::from_millis(100),
         ..config("down")
     };
     let a: Cache<String> = Cache::redis(config.clone(), &server.url()).unwrap();
@@ -197,10 +201,12 @@ async fn redis_down_costs_callers_nothing_and_the_cache_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_backplane_never_serves_the_old_value_past_the_soft_ttl() {
-    let url = redis_url();
+async fn a_lost_backplane_makes_every_l1_entry_stale() {
+    // A server of its own: killing subscriptions must not touch other tests'.
+    let server = RedisServer::start();
+    let url = server.url();
     let config = CacheConfig {
-        ttl: Duration::from_secs(1),
+        ttl: Duration::from_secs(20), // the old value would live this long if trusted
         ttl_jitter: 0.0,
         backplane_ping: Duration::from_millis(200),
         ..config("lost")
@@ -214,10 +220,10 @@ async fn a_lost_backplane_never_serves_the_old_value_past_the_soft_ttl() {
     let store = Store::with("v1", Duration::ZERO);
     assert_eq!(get(&b, &store, "k").await.unwrap().as_deref(), Some("v1"));
 
-    // Cut every subscription (b's among them) and write while they are down.
+    // Cut every subscription (b's among them) and write while they are down: the
+    // invalidation message is lost.
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut admin = client.get_multiplexed_async_connection().await.unwrap();
-    let written = Instant::now();
     let _: redis::Value = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
@@ -227,13 +233,13 @@ async fn a_lost_backplane_never_serves_the_old_value_past_the_soft_ttl() {
         .unwrap();
     store.put("v2");
     a.invalidate("k", Source::Write).await;
-    let took = eventually(Duration::from_secs(3), || async {
+    let took = eventually(Duration::from_secs(5), || async {
         get(&b, &store, "k").await.unwrap().as_deref() == Some("v2")
     })
     .await;
     assert!(
-        written.elapsed() <= Duration::from_millis(1300),
-        "old value served for {took:?}"
+        took < Duration::from_secs(2),
+        "the old value served for {took:?} after a lost backplane"
     );
     eventually(Duration::from_secs(5), || async { b.backplane_connected() }).await;
 }
@@ -374,6 +380,7 @@ async fn a_lease_holder_that_died_is_replaced_when_its_lease_expires() {
     let url = redis_url();
     let config = CacheConfig {
         lease_ttl: Duration::from_millis(600),
+        load_timeout: Duration::from_millis(500),
         ..config("lease")
     };
     let cache: Cache<String> = Cache::redis(config.clone(), &url).unwrap();

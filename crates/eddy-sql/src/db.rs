@@ -196,6 +196,7 @@ impl Db {
             tx,
             db: self.clone(),
             signals: Vec::new(),
+            after_commit: Vec::new(),
         })
     }
 
@@ -243,13 +244,18 @@ pub struct Tx {
     tx: Transaction<'static, Any>,
     db: Db,
     signals: Vec<String>,
+    after_commit: Vec<AfterCommit>,
 }
+
+/// Work to run once a transaction has committed (see [`Tx::after_commit`]).
+pub type AfterCommit = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
 
 impl fmt::Debug for Tx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tx")
             .field("backend", &self.db.backend())
             .field("signals", &self.signals)
+            .field("after_commit", &self.after_commit.len())
             .finish_non_exhaustive()
     }
 }
@@ -279,23 +285,46 @@ impl Tx {
         Ok(())
     }
 
+    /// Runs `work` after this transaction commits, and never if it does not (rolled
+    /// back, dropped, or its commit failed) — for effects outside the database that must
+    /// follow the data, such as invalidating a cache entry: done before the commit, a
+    /// reader could load and cache the old row in between. [`Tx::commit`] awaits the
+    /// hooks in the order they were added.
+    pub fn after_commit<F>(&mut self, work: F)
+    where
+        F: FnOnce() -> futures::future::BoxFuture<'static, ()> + Send + 'static,
+    {
+        self.after_commit.push(Box::new(work));
+    }
+
     /// Commits. Like `BEGIN`, the `COMMIT` runs on a task of its own, so cancelling the
-    /// caller cannot leave the connection between the two.
+    /// caller cannot leave the connection between the two; the signals and the
+    /// [`Tx::after_commit`] hooks run on that task too, so a caller that gives up after
+    /// the commit was sent (a request timeout, a client gone) cannot skip them.
     pub async fn commit(self) -> Result<(), Error> {
-        let tx = self.tx;
-        tokio::spawn(async move { tx.commit().await })
-            .await
-            .map_err(|e| {
-                Error::transient("the task committing a transaction failed").with_source(e)
-            })?
-            .map_err(|e| classify("cannot commit", e))?;
-        for channel in &self.signals {
-            self.db.inner.signals.bump(channel);
-        }
-        if let Some(notifier) = &self.db.inner.notifier {
-            notifier.request(&self.signals);
-        }
-        Ok(())
+        let Tx {
+            tx,
+            db,
+            signals,
+            after_commit,
+        } = self;
+        tokio::spawn(async move {
+            tx.commit()
+                .await
+                .map_err(|e| classify("cannot commit", e))?;
+            for channel in &signals {
+                db.inner.signals.bump(channel);
+            }
+            if let Some(notifier) = &db.inner.notifier {
+                notifier.request(&signals);
+            }
+            for work in after_commit {
+                work().await;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::transient("the task committing a transaction failed").with_source(e))?
     }
 
     pub async fn rollback(self) -> Result<(), Error> {
@@ -337,5 +366,59 @@ mod tests {
         );
         assert_eq!(redact("postgres://app@db/shop"), "postgres://app@db/shop");
         assert_eq!(redact("sqlite://data/shop.db"), "sqlite://data/shop.db");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod after_commit {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use super::{Db, DbConfig};
+
+    #[tokio::test]
+    async fn hooks_run_after_a_commit_and_never_after_a_rollback_or_a_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let db = Db::connect(&DbConfig::new(url)).await.unwrap();
+        let ran = Arc::new(AtomicU32::new(0));
+        let hook = |ran: &Arc<AtomicU32>, n: u32| {
+            let ran = ran.clone();
+            move || -> futures::future::BoxFuture<'static, ()> {
+                Box::pin(async move {
+                    ran.fetch_add(n, Ordering::SeqCst);
+                })
+            }
+        };
+        let mut tx = db.begin().await.unwrap();
+        tx.after_commit(hook(&ran, 1));
+        tx.rollback().await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        tx.after_commit(hook(&ran, 10));
+        drop(tx);
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+        let mut tx = db.begin().await.unwrap();
+        tx.after_commit(hook(&ran, 100));
+        tx.after_commit(hook(&ran, 1000));
+        tx.commit().await.unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 1100);
+
+        // A caller that gives up once the commit is under way does not skip the hooks.
+        let mut tx = db.begin().await.unwrap();
+        tx.after_commit(hook(&ran, 10_000));
+        let mut commit = Box::pin(tx.commit());
+        assert!(
+            futures::poll!(commit.as_mut()).is_pending(),
+            "the commit is under way"
+        );
+        drop(commit); // the caller gives up
+        for _ in 0..200 {
+            if ran.load(Ordering::SeqCst) == 11_100 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(ran.load(Ordering::SeqCst), 11_100);
     }
 }

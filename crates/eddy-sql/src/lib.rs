@@ -29,7 +29,7 @@ pub mod migrate;
 pub mod signal;
 
 pub use batch::{BatchConfig, BatchTxHandler, Batched, EachInTx};
-pub use db::{Backend, Db, DbConfig, SqliteSynchronous, Tx};
+pub use db::{AfterCommit, Backend, Db, DbConfig, SqliteSynchronous, Tx};
 pub use error::classify;
 pub use idempotency::{Transactional, TxHandler};
 pub use migrate::Migration;

@@ -1,10 +1,12 @@
 //! What the catalog publishes (`ProductUpserted` on `catalog`) and consumes
 //! (`StockChanged` from `inventory`).
 
+use eddy_cache::{Cache, Source};
 use eddy_core::{async_trait, Envelope, HandlerError};
 use eddy_sql::{Tx, TxHandler};
 
 use super::domain::Product;
+use super::http::ProductView;
 use super::store;
 use crate::contracts::{ProductUpserted, StockChanged, INVENTORY_TOPIC};
 use crate::service::{ServiceContext, Subscription};
@@ -29,9 +31,12 @@ pub fn upserted(product: &Product, stock_set: Option<StockSet>) -> ProductUpsert
     }
 }
 
-/// Keeps the catalog's stock figure in step with inventory, ignoring stale news.
+/// Keeps the catalog's stock figure in step with inventory, ignoring stale news; the
+/// product's cached view is dropped once the change commits.
 #[derive(Debug, Clone)]
-pub struct OnStockChanged;
+pub struct OnStockChanged {
+    pub products: Option<Cache<ProductView>>,
+}
 
 #[async_trait]
 impl TxHandler<StockChanged> for OnStockChanged {
@@ -42,14 +47,23 @@ impl TxHandler<StockChanged> for OnStockChanged {
         tx: &mut Tx,
     ) -> Result<(), HandlerError> {
         store::apply_stock(tx, &event.product_id, event.available, event.version).await?;
+        crate::platform::cache::invalidate_on_commit(
+            &self.products,
+            tx,
+            &event.product_id,
+            Source::Event,
+        );
         Ok(())
     }
 }
 
-pub fn subscriptions(ctx: &ServiceContext<'_>) -> anyhow::Result<Vec<Subscription>> {
+pub fn subscriptions(
+    ctx: &ServiceContext<'_>,
+    products: Option<Cache<ProductView>>,
+) -> anyhow::Result<Vec<Subscription>> {
     Ok(vec![Subscription {
         topic: INVENTORY_TOPIC,
         router: eddy_runtime::Router::new()
-            .route::<StockChanged, _>(ctx.idempotent(OnStockChanged)?),
+            .route::<StockChanged, _>(ctx.idempotent(OnStockChanged { products })?),
     }])
 }

@@ -1,8 +1,9 @@
 //! `/v1/products`: create, read and change products.
 
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::Json;
+use eddy_cache::{Cache, Source};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -13,8 +14,24 @@ use super::store;
 use crate::auth::Operator;
 use crate::contracts::values::{ProductId, Timestamp};
 use crate::contracts::CATALOG_TOPIC;
+use crate::platform::cache::invalidate_on_commit;
 use crate::problem::{page_len, ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::service::ServiceDb;
+
+/// What the catalog's routes share: the service and its product cache.
+#[derive(Debug, Clone)]
+pub struct CatalogState {
+    pub service: ServiceDb,
+    /// `GET /v1/products/{id}` reads through it; every write of a product invalidates
+    /// it after its commit. `None` when `cache.enabled` is off.
+    pub products: Option<Cache<ProductView>>,
+}
+
+impl FromRef<CatalogState> for ServiceDb {
+    fn from_ref(state: &CatalogState) -> Self {
+        state.service.clone()
+    }
+}
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +69,7 @@ pub struct ProductUpdate {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProductView {
     pub id: String,
     pub sku: String,
@@ -101,7 +118,7 @@ pub struct ProductPage {
 }
 
 /// The routes with their documentation (see [`crate::openapi`]).
-pub fn router() -> OpenApiRouter<ServiceDb> {
+pub fn router() -> OpenApiRouter<CatalogState> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
         .routes(routes!(read, update))
@@ -117,7 +134,7 @@ pub fn router() -> OpenApiRouter<ServiceDb> {
         (status = 422, description = "A field is invalid", body = crate::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
-    State(service): State<ServiceDb>,
+    State(CatalogState { service, products }): State<CatalogState>,
     _: Operator,
     ApiJson(new): ApiJson<NewProduct>,
 ) -> Result<(StatusCode, Json<ProductView>), ApiError> {
@@ -147,6 +164,7 @@ pub async fn create(
         }),
     );
     service.emit(&mut tx, CATALOG_TOPIC, &event, None).await?;
+    invalidate_on_commit(&products, &mut tx, id.as_str(), Source::Write);
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(created.into())))
 }
@@ -195,14 +213,32 @@ pub async fn list(
         (status = 404, description = "No such product", body = crate::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn read(
-    State(service): State<ServiceDb>,
+    State(CatalogState { service, products }): State<CatalogState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ProductView>, ApiError> {
-    let mut conn = service.db.pool().acquire().await?;
-    store::load(&mut conn, &id)
-        .await?
-        .map(|p| Json(p.into()))
-        .ok_or(ApiError::NotFound("product"))
+    // Only a well-formed id can name a product: anything else is absent without a
+    // database read or a cache entry.
+    if ProductId::parse(&id).is_err() {
+        return Err(ApiError::NotFound("product"));
+    }
+    let found = match products {
+        Some(cache) => {
+            let db = service.db.clone();
+            let key = id.clone();
+            cache
+                .get_or_load(&id, move || async move {
+                    let mut conn = crate::problem::read_conn(&db).await?;
+                    let product = store::load(&mut conn, &key).await?;
+                    Ok::<_, eddy_core::Error>(product.map(ProductView::from))
+                })
+                .await?
+        }
+        None => {
+            let mut conn = service.db.pool().acquire().await?;
+            store::load(&mut conn, &id).await?.map(ProductView::from)
+        }
+    };
+    found.map(Json).ok_or(ApiError::NotFound("product"))
 }
 
 /// Change a product's price, stock or name; its `ProductUpserted` commits with it.
@@ -216,7 +252,7 @@ pub async fn read(
         (status = 422, description = "Nothing to change, or a field is invalid", body = crate::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update(
-    State(service): State<ServiceDb>,
+    State(CatalogState { service, products }): State<CatalogState>,
     _: Operator,
     ApiPath(id): ApiPath<String>,
     ApiJson(update): ApiJson<ProductUpdate>,
@@ -237,6 +273,7 @@ pub async fn update(
         }),
     );
     service.emit(&mut tx, CATALOG_TOPIC, &event, None).await?;
+    invalidate_on_commit(&products, &mut tx, &id, Source::Write);
     tx.commit().await?;
     Ok(Json(product.into()))
 }

@@ -15,9 +15,18 @@ use crate::service::{Contribution, ServiceContext};
 
 /// The catalog's routes and consumers.
 pub fn contribute(ctx: &ServiceContext<'_>) -> anyhow::Result<Contribution> {
+    let products = crate::platform::cache::build(
+        &ctx.config.cache,
+        "products",
+        ctx.config.cache.products_ttl_secs,
+    )?;
+    let state = http::CatalogState {
+        service: ctx.service.clone(),
+        products: products.clone(),
+    };
     Ok(Contribution {
-        routes: Some(http::router().with_state(ctx.service.clone())),
-        subscriptions: events::subscriptions(ctx)?,
+        routes: Some(http::router().with_state(state)),
+        subscriptions: events::subscriptions(ctx, products)?,
         sweeps: Vec::new(),
     })
 }

@@ -49,6 +49,7 @@ pub struct Config {
     pub relay: RelaySettings,
     pub maintenance: MaintenanceConfig,
     pub broker: BrokerConfig,
+    pub cache: CacheSettings,
     /// Log level filter (tracing's syntax). Default `info`.
     pub log_level: String,
     /// Log as JSON lines (`true`) or as text. Default `false`.
@@ -73,6 +74,7 @@ impl Default for Config {
             consumer: ConsumerSettings::default(),
             relay: RelaySettings::default(),
             maintenance: MaintenanceConfig::default(),
+            cache: CacheSettings::default(),
             broker: BrokerConfig::default(),
             log_level: "info".to_owned(),
             log_json: false,
@@ -276,6 +278,25 @@ impl Config {
                 problems.push(format!("{name} must be at least 1"));
             }
         }
+        for (name, ttl) in [
+            ("products", self.cache.products_ttl_secs),
+            ("orders", self.cache.orders_ttl_secs),
+        ] {
+            if let Err(problem) =
+                crate::platform::cache::cache_config(&self.cache, name, ttl).validate()
+            {
+                problems.push(format!(
+                    "cache ({name}, cache.{name}_ttl_secs = {ttl}, cache.stale_max_secs = {}): {problem}",
+                    self.cache.stale_max_secs
+                ));
+            }
+        }
+        if !self.cache.redis_url.is_empty() && !self.cache.redis_url.starts_with("redis://") {
+            problems.push(format!(
+                "cache.redis_url must start with redis:// (got {:?})",
+                self.cache.redis_url
+            ));
+        }
         let budget_secs = self.payments.charge_budget_ms.div_ceil(1000);
         if self.payments.reconcile_after_secs <= 2 * budget_secs {
             problems.push(format!(
@@ -308,7 +329,7 @@ impl Config {
     }
 
     /// Settings where 0 would stall or refuse everything.
-    fn positive_settings(&self) -> [(&'static str, u64); 30] {
+    fn positive_settings(&self) -> [(&'static str, u64); 33] {
         let size = |n: usize| n as u64;
         [
             (
@@ -372,6 +393,9 @@ impl Config {
                 u64::from(self.consumer.attempts_max),
             ),
             ("relay.batch_len_max", size(self.relay.batch_len_max)),
+            ("cache.products_ttl_secs", self.cache.products_ttl_secs),
+            ("cache.orders_ttl_secs", self.cache.orders_ttl_secs),
+            ("cache.l1_bytes_max", self.cache.l1_bytes_max),
             (
                 "maintenance.metrics_interval_ms",
                 self.maintenance.metrics_interval_ms,

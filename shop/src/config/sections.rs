@@ -566,3 +566,44 @@ impl Default for AuthConfig {
         }
     }
 }
+
+/// `[cache]`: product and order reads go through a two-level cache (`eddy-cache`):
+/// in-process on embedded defaults, in front of Redis with `redis_url` (scale-out: one
+/// load per key across processes, writes invalidating every process). docs/cache.md
+/// says how stale a read can be.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Off: every read goes to the database. Default `true`.
+    pub enabled: bool,
+    /// `redis://host:port/db` adds Redis as the shared level. Default empty (in-process
+    /// only).
+    pub redis_url: String,
+    /// Prefix of the cache's Redis keys and channels (processes that share a cache
+    /// must share it). Default `eddy`.
+    pub key_prefix: String,
+    /// How long a product read stays fresh without asking the database (writes and
+    /// `StockChanged` invalidate it sooner). Default 60 s.
+    pub products_ttl_secs: u64,
+    /// How long an order read stays fresh (every status change invalidates it sooner).
+    /// Default 30 s.
+    pub orders_ttl_secs: u64,
+    /// How long a stale value may be served while the database fails. Default 600 s.
+    pub stale_max_secs: u64,
+    /// Each process's in-memory bound per cache, in bytes. Default 67,108,864 (64 MiB).
+    pub l1_bytes_max: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            redis_url: String::new(),
+            key_prefix: "eddy".to_owned(),
+            products_ttl_secs: 60,
+            orders_ttl_secs: 30,
+            stale_max_secs: 600,
+            l1_bytes_max: 64 << 20,
+        }
+    }
+}

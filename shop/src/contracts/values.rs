@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Longest product id accepted: ids are UUIDs (36 bytes); the margin admits other
 /// schemes while keeping an id a bounded key.
@@ -228,9 +228,29 @@ impl Serialize for Timestamp {
     }
 }
 
+impl<'de> Deserialize<'de> for Timestamp {
+    /// RFC 3339, as [`Timestamp`]'s `Serialize` writes it (caches keep views so).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let at = time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+            .map_err(serde::de::Error::custom)?;
+        i64::try_from(at.unix_timestamp_nanos() / 1000)
+            .map(Timestamp)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timestamp_reads_back_what_it_writes() {
+        let at = Timestamp::from_micros(1_764_600_000_123_456);
+        let text = serde_json::to_string(&at).unwrap();
+        assert_eq!(serde_json::from_str::<Timestamp>(&text).unwrap(), at);
+        assert!(serde_json::from_str::<Timestamp>("\"yesterday\"").is_err());
+    }
 
     fn eur() -> Currency {
         Currency::parse("EUR").unwrap()

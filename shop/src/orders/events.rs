@@ -66,6 +66,8 @@ impl TxHandler<ProductUpserted> for OnProductUpserted {
 #[derive(Debug, Clone)]
 pub struct Settle {
     pub service: ServiceDb,
+    /// The order's cached view, dropped once a settlement commits.
+    pub orders: Option<eddy_cache::Cache<super::http::OrderView>>,
 }
 
 impl Settle {
@@ -79,6 +81,12 @@ impl Settle {
         let Some(settled) = store::settle(tx, order_id, &outcome, self.service.now()).await? else {
             return Ok(());
         };
+        crate::platform::cache::invalidate_on_commit(
+            &self.orders,
+            tx,
+            order_id,
+            eddy_cache::Source::Write,
+        );
         let order_id = order_id.to_owned();
         match outcome {
             Outcome::Confirmed => {
@@ -200,10 +208,7 @@ pub async fn time_out_overdue(
 }
 
 /// Orders' sweep: [`time_out_overdue`] every `maintenance.saga_sweep_interval_secs`.
-pub fn sweeps(ctx: &ServiceContext<'_>) -> Vec<Sweep> {
-    let settle = Settle {
-        service: ctx.service.clone(),
-    };
+pub fn sweeps(ctx: &ServiceContext<'_>, settle: Settle) -> Vec<Sweep> {
     let timeout = std::time::Duration::from_secs(ctx.config.orders.pending_timeout_secs);
     let limit = i64::try_from(ctx.config.maintenance.saga_sweep_len_max).unwrap_or(i64::MAX);
     vec![Sweep {
@@ -216,10 +221,11 @@ pub fn sweeps(ctx: &ServiceContext<'_>) -> Vec<Sweep> {
     }]
 }
 
-pub fn subscriptions(ctx: &ServiceContext<'_>) -> anyhow::Result<Vec<Subscription>> {
-    let settle = || Settle {
-        service: ctx.service.clone(),
-    };
+pub fn subscriptions(
+    ctx: &ServiceContext<'_>,
+    settle: &Settle,
+) -> anyhow::Result<Vec<Subscription>> {
+    let settle = || settle.clone();
     Ok(vec![
         Subscription {
             topic: CATALOG_TOPIC,

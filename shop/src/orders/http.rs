@@ -1,10 +1,11 @@
 //! `/v1/orders` and `/v1/customers/{id}/orders`: place orders (idempotent per
 //! `Idempotency-Key`) and read them.
 
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use eddy_cache::Cache;
 use eddy_sql::Tx;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
@@ -19,6 +20,21 @@ use crate::problem::{page_len, ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use crate::service::ServiceDb;
 
 pub use crate::problem::{PAGE_LEN_DEFAULT, PAGE_LEN_MAX};
+
+/// What orders' routes share: the service and its order cache.
+#[derive(Debug, Clone)]
+pub struct OrdersState {
+    pub service: ServiceDb,
+    /// `GET /v1/orders/{id}` reads through it; every status change invalidates it after
+    /// its commit. `None` when `cache.enabled` is off.
+    pub orders: Option<Cache<OrderView>>,
+}
+
+impl FromRef<OrdersState> for ServiceDb {
+    fn from_ref(state: &OrdersState) -> Self {
+        state.service.clone()
+    }
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +54,7 @@ pub struct NewLine {
     pub quantity: i64,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderView {
     pub id: String,
     pub customer_id: String,
@@ -56,7 +72,7 @@ pub struct OrderView {
     pub updated_at: Timestamp,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LineView {
     pub product_id: String,
     pub quantity: i64,
@@ -105,7 +121,7 @@ pub struct Page {
 }
 
 /// The routes with their documentation (see [`crate::openapi`]).
-pub fn router() -> OpenApiRouter<ServiceDb> {
+pub fn router() -> OpenApiRouter<OrdersState> {
     OpenApiRouter::new()
         .routes(routes!(place))
         .routes(routes!(read))
@@ -236,16 +252,36 @@ async fn replay(
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn read(
-    State(service): State<ServiceDb>,
+    State(OrdersState { service, orders }): State<OrdersState>,
     Authenticated(caller): Authenticated,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<OrderView>, ApiError> {
-    let mut conn = service.db.pool().acquire().await?;
-    store::load(&mut conn, &id)
-        .await?
+    // Only a well-formed id can name an order: anything else is absent without a
+    // database read or a cache entry.
+    if OrderId::parse(&id).is_err() {
+        return Err(ApiError::NotFound("order"));
+    }
+    let found = match orders {
+        Some(cache) => {
+            let db = service.db.clone();
+            let key = id.clone();
+            cache
+                .get_or_load(&id, move || async move {
+                    let mut conn = crate::problem::read_conn(&db).await?;
+                    let order = store::load(&mut conn, &key).await?;
+                    Ok::<_, eddy_core::Error>(order.map(OrderView::from))
+                })
+                .await?
+        }
+        None => {
+            let mut conn = service.db.pool().acquire().await?;
+            store::load(&mut conn, &id).await?.map(OrderView::from)
+        }
+    };
+    found
         // Another customer's order is as absent as one that does not exist.
         .filter(|order| caller.sees(Some(order.customer_id.as_str())))
-        .map(|order| Json(order.into()))
+        .map(Json)
         .ok_or(ApiError::NotFound("order"))
 }
 

@@ -16,9 +16,22 @@ use crate::service::{Contribution, ServiceContext};
 
 /// Orders' routes and consumers.
 pub fn contribute(ctx: &ServiceContext<'_>) -> anyhow::Result<Contribution> {
+    let orders = crate::platform::cache::build(
+        &ctx.config.cache,
+        "orders",
+        ctx.config.cache.orders_ttl_secs,
+    )?;
+    let settle = events::Settle {
+        service: ctx.service.clone(),
+        orders: orders.clone(),
+    };
+    let state = http::OrdersState {
+        service: ctx.service.clone(),
+        orders,
+    };
     Ok(Contribution {
-        routes: Some(http::router().with_state(ctx.service.clone())),
-        subscriptions: events::subscriptions(ctx)?,
-        sweeps: events::sweeps(ctx),
+        routes: Some(http::router().with_state(state)),
+        subscriptions: events::subscriptions(ctx, &settle)?,
+        sweeps: events::sweeps(ctx, settle),
     })
 }

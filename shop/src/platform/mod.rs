@@ -11,6 +11,7 @@
 //! the lifecycle.
 
 pub mod broker;
+pub mod cache;
 pub mod health;
 pub mod http;
 pub mod server;
