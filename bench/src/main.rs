@@ -12,6 +12,8 @@
 //!   the raw clients on the same broker, at 16 B, 256 B and 1 KB.
 //! - `orders` is S4: `POST /v1/orders` on PostgreSQL with the relay publishing to NATS,
 //!   against pgbench running the same statements at the same concurrency.
+//! - `cache` is S6: the two-level cache in front of a 15 ms store with Redis shared,
+//!   against Σ(share × tier latency), a 3,000-way herd, and L1 gets against raw moka.
 //! - `serve` is internal: the server processes the suite starts.
 //!
 //! `all` runs every one of them in turn and writes each report (markdown, JSON, SVG) into
@@ -30,6 +32,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod brokers;
+mod cache;
 mod chart;
 mod loadgen;
 mod orders;
@@ -52,7 +55,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Every scenario that exists (S1–S5, S7): suite, orders, brokers, toolkit, one after
+    /// Every scenario that exists (S1–S7): suite, orders, brokers, toolkit, cache, one after
     /// another; reports into `--out`.
     All(AllArgs),
     /// HTTP scenarios S1–S3 against limits and peers.
@@ -63,6 +66,8 @@ enum Command {
     Brokers(brokers::Args),
     /// S4: POST /v1/orders on PostgreSQL with the relay running, against pgbench.
     Orders(orders::Args),
+    /// S6: the two-level cache against its tiers' latencies, a herd, and raw moka.
+    Cache(cache::Args),
     /// (internal) Run one benchmark server.
     Serve(servers::ServeArgs),
 }
@@ -137,6 +142,18 @@ async fn brokers(args: brokers::Args, markdown_to: Option<&Path>) -> anyhow::Res
     .write()
 }
 
+async fn cache(args: cache::Args, markdown_to: Option<&Path>) -> anyhow::Result<()> {
+    let results = cache::run(&args).await?;
+    Report {
+        results: &results,
+        json: args.json.as_deref(),
+        markdown_to,
+        markdown: cache::markdown(&results),
+        svg: cache::chart(&results),
+    }
+    .write()
+}
+
 async fn toolkit(args: toolkit::Args, markdown_to: Option<&Path>) -> anyhow::Result<()> {
     let results = toolkit::run_all(&args).await?;
     Report {
@@ -184,6 +201,12 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
         a.extend(["--events", "5000", "--repeat", "1"]);
     }
     toolkit(parse(&a)?, Some(&args.out.join("toolkit.md"))).await?;
+    let cache_json = out("cache.json");
+    let mut a = vec!["--json", cache_json.as_str()];
+    if q {
+        a.extend(["--requests", "100000", "--gets", "500000"]);
+    }
+    cache(parse(&a)?, Some(&args.out.join("cache.md"))).await?;
     eprintln!("all reports are in {}", args.out.display());
     Ok(())
 }
@@ -198,6 +221,7 @@ fn main() -> anyhow::Result<()> {
         Command::Suite(args) => runtime()?.block_on(suite::run(args)),
         Command::Brokers(args) => runtime()?.block_on(brokers(args, None)),
         Command::Orders(args) => runtime()?.block_on(orders(args, None)),
+        Command::Cache(args) => runtime()?.block_on(cache(args, None)),
         Command::Toolkit(args) => runtime()?.block_on(toolkit(args, None)),
     }
 }

@@ -50,6 +50,8 @@ struct Loaded<V> {
     entry: Arc<Entry<V>>,
     /// The loader failed and this is the fail-safe value.
     stale: bool,
+    /// The loader produced it (not L2).
+    from_loader: bool,
 }
 
 type FlightResult<V> = Option<Result<Loaded<V>, CacheError>>;
@@ -85,6 +87,41 @@ const WRITES_KEPT_MAX: u64 = 100_000;
 
 /// Writes waiting in the background for Redis to take them, at most.
 const WRITE_RETRIES_MAX: usize = 1024;
+
+/// Counts since the cache was built (the same events as its metrics, readable in
+/// process: moka has none of its own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups answered from L1 while fresh (values and remembered "not found").
+    pub l1_hits: u64,
+    /// Loads that found a fresh value in L2.
+    pub l2_hits: u64,
+    /// Loader calls.
+    pub loads: u64,
+    /// Stale values served (fail-safe).
+    pub stale_served: u64,
+    /// Lookups that joined a load already running in this process.
+    pub coalesced: u64,
+    /// Lookups answered by a loader call (their own or one they joined).
+    pub answered_by_loader: u64,
+    /// Lookups answered from L2 (by their own read or one they joined).
+    pub answered_by_l2: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    l1_hits: AtomicU64,
+    l2_hits: AtomicU64,
+    loads: AtomicU64,
+    stale_served: AtomicU64,
+    coalesced: AtomicU64,
+    answered_by_loader: AtomicU64,
+    answered_by_l2: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Where an invalidation came from (the `source` label of `cache_invalidations_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +191,7 @@ struct Inner<V> {
     stripes: Vec<Mutex<()>>,
     /// Bounds the background retries of writes Redis did not take.
     retries: Arc<tokio::sync::Semaphore>,
+    counts: Counts,
     metrics: Metrics,
     _stop: DropGuard,
 }
@@ -344,6 +382,7 @@ where
         }
         let found = Arc::new(found);
         if now < found.fresh_until {
+            bump(&self.counts.l2_hits);
             if found.value.is_some() {
                 self.metrics.l2_hit.increment(1);
             } else {
@@ -540,6 +579,7 @@ where
                     return Ok(Loaded {
                         entry,
                         stale: false,
+                        from_loader: false,
                     })
                 }
                 InL2::Stale(entry) => stale = stale.or(Some(entry)),
@@ -576,6 +616,7 @@ where
                             return Ok(Loaded {
                                 entry,
                                 stale: false,
+                                from_loader: false,
                             });
                         }
                         lease = Some(token);
@@ -597,6 +638,7 @@ where
                             return Ok(Loaded {
                                 entry,
                                 stale: false,
+                                from_loader: false,
                             });
                         }
                         if Instant::now() >= give_up {
@@ -610,6 +652,7 @@ where
 
         let loaded_at = now_ms();
         let started = Instant::now();
+        bump(&self.counts.loads);
         let outcome = tokio::time::timeout(self.config.load_timeout, loader()).await;
         let took = started.elapsed();
         self.metrics.load_duration.record(took.as_secs_f64());
@@ -623,6 +666,7 @@ where
                 return Ok(Loaded {
                     entry,
                     stale: false,
+                    from_loader: true,
                 });
             }
             Ok(Err(error)) => {
@@ -664,6 +708,7 @@ where
                 Ok(Loaded {
                     entry: again,
                     stale: true,
+                    from_loader: false,
                 })
             }
             _ => Err(failure),
@@ -788,6 +833,7 @@ where
             writes_floor,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             retries: Arc::new(tokio::sync::Semaphore::new(WRITE_RETRIES_MAX)),
+            counts: Counts::default(),
             metrics,
             l2: shared,
             _stop: stop.clone().drop_guard(),
@@ -826,6 +872,7 @@ where
         let now = now_ms();
         let stale = match inner.l1.get(key) {
             Some(found) if found.is_fresh(now, inner.epoch()) => {
+                bump(&inner.counts.l1_hits);
                 if found.value.is_some() {
                     inner.metrics.l1_hit.increment(1);
                 } else {
@@ -859,8 +906,14 @@ where
         let outcome = match &waited {
             Ok(Ok(result)) => match result.as_ref() {
                 Some(Ok(loaded)) => {
+                    if loaded.from_loader {
+                        bump(&inner.counts.answered_by_loader);
+                    } else if !loaded.stale {
+                        bump(&inner.counts.answered_by_l2);
+                    }
                     if loaded.stale {
                         inner.metrics.served_stale.increment(1);
+                        bump(&inner.counts.stale_served);
                     }
                     return Ok(loaded.entry.value.clone());
                 }
@@ -877,6 +930,7 @@ where
         match stale {
             Some(old) if old.is_usable(now_ms()) => {
                 inner.metrics.served_stale.increment(1);
+                bump(&inner.counts.stale_served);
                 Ok(old.value.clone())
             }
             _ => Err(outcome),
@@ -907,6 +961,7 @@ where
         if let Some(running) = flights.get(key) {
             if !early {
                 self.inner.metrics.coalesced_local.increment(1);
+                bump(&self.inner.counts.coalesced);
             }
             return running.clone();
         }
@@ -958,6 +1013,21 @@ where
             Source::Event => inner.metrics.invalidated_event.increment(1),
         }
         inner.announce_write(key, at, None).await;
+    }
+
+    /// What the cache has done so far.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.inner.counts;
+        let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CacheStats {
+            l1_hits: read(&c.l1_hits),
+            l2_hits: read(&c.l2_hits),
+            loads: read(&c.loads),
+            stale_served: read(&c.stale_served),
+            coalesced: read(&c.coalesced),
+            answered_by_loader: read(&c.answered_by_loader),
+            answered_by_l2: read(&c.answered_by_l2),
+        }
     }
 
     /// L1's weight (serialized bytes and keys) and entry count, after pending

@@ -53,6 +53,11 @@ impl<V> Entry<V> {
         if beta <= 0.0 || self.value.is_none() {
             return false;
         }
+        // −ln r exceeds 40 with probability e^−40: farther from expiry than that, no draw.
+        let reach = (self.load_ms.max(1) as f64) * beta * 40.0;
+        if (now as f64) + reach < self.fresh_until as f64 {
+            return false;
+        }
         let r: f64 = rand::thread_rng().gen_range(f64::MIN_POSITIVE..=1.0);
         let ahead = (self.load_ms.max(1) as f64) * beta * -r.ln();
         now as f64 + ahead >= self.fresh_until as f64

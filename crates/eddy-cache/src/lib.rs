@@ -26,7 +26,7 @@ mod entry;
 mod l2;
 mod metrics;
 
-pub use cache::{BoxError, Cache, CacheError, Source};
+pub use cache::{BoxError, Cache, CacheError, CacheStats, Source};
 pub use config::CacheConfig;
 pub use entry::jittered;
 pub use l2::{L2Error, Messages, Pinger, RedisL2, L2};

@@ -117,6 +117,23 @@ async fn a_herd_of_3000_misses_over_two_nodes_runs_one_load() {
         assert_eq!(call.await.unwrap().unwrap().as_deref(), Some("hot"));
     }
     assert_eq!(store.loads(), 1, "one load for 3,000 callers on two nodes");
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(sa.loads + sb.loads, 1, "{sa:?} {sb:?}");
+    assert_eq!(
+        sa.l2_hits + sb.l2_hits,
+        1,
+        "the other node's one load found the value in Redis"
+    );
+    // Every other caller joined its node's load or, arriving after it, hit L1.
+    assert_eq!(
+        sa.coalesced + sb.coalesced + sa.l1_hits + sb.l1_hits,
+        2_998,
+        "{sa:?} {sb:?}"
+    );
+    for _ in 0..10 {
+        get(&a, &store, "product-1").await.unwrap();
+    }
+    assert_eq!(a.stats().l1_hits, sa.l1_hits + 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
