@@ -201,6 +201,17 @@ struct Keys {
     lease: String,
 }
 
+impl<V> Loaded<V> {
+    /// A value found fresh in L2.
+    fn from_l2(entry: Arc<Entry<V>>) -> Self {
+        Self {
+            entry,
+            stale: false,
+            from_loader: false,
+        }
+    }
+}
+
 impl<V> Inner<V> {
     fn keys(&self, key: &str) -> Keys {
         let base = format!("{}:{}", self.config.key_prefix, self.config.name);
@@ -249,8 +260,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut hasher);
-        let index = (hasher.finish() % STRIPES as u64) as usize;
-        self.stripes[index % self.stripes.len()]
+        let index = (hasher.finish() % self.stripes.len() as u64) as usize;
+        self.stripes[index]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -285,16 +296,21 @@ impl<V: Send + Sync + 'static> Inner<V> {
         outcome
     }
 
-    async fn publish(&self, op: Op, key: &str, at: u64) {
-        let Some(l2) = &self.l2 else { return };
-        let message = Message {
+    /// A backplane message from this node, encoded.
+    fn message(&self, op: Op, key: &str, at: u64) -> Option<Vec<u8>> {
+        serde_json::to_vec(&Message {
             v: MESSAGE_FORMAT,
             node: self.node.clone(),
             op,
             key: key.to_owned(),
             at,
-        };
-        let Ok(bytes) = serde_json::to_vec(&message) else {
+        })
+        .ok()
+    }
+
+    async fn publish(&self, op: Op, key: &str, at: u64) {
+        let Some(l2) = &self.l2 else { return };
+        let Some(bytes) = self.message(op, key, at) else {
             return;
         };
         let channel = Self::channel(&self.config);
@@ -382,15 +398,15 @@ where
         }
         let found = Arc::new(found);
         if now < found.fresh_until {
+            if !self.insert_unless_overtaken(key, found.clone()) {
+                self.metrics.l2_miss.increment(1);
+                return InL2::Miss;
+            }
             bump(&self.counts.l2_hits);
             if found.value.is_some() {
                 self.metrics.l2_hit.increment(1);
             } else {
                 self.metrics.l2_negative.increment(1);
-            }
-            if !self.insert_unless_overtaken(key, found.clone()) {
-                self.metrics.l2_miss.increment(1);
-                return InL2::Miss;
             }
             InL2::Fresh(found)
         } else {
@@ -401,6 +417,7 @@ where
 
     fn new_entry(
         &self,
+        key: &str,
         value: Option<V>,
         loaded_at: u64,
         load_ms: u64,
@@ -427,7 +444,7 @@ where
         };
         match entry::encode(&entry) {
             Ok(bytes) if bytes.len() <= self.config.value_bytes_max => {
-                entry.weight = entry::weight(bytes.len(), 0);
+                entry.weight = entry::weight(bytes.len(), key.len());
                 (entry, Some(bytes))
             }
             Ok(_) => {
@@ -447,10 +464,9 @@ where
         &self,
         key: &str,
         keys: &Keys,
-        mut entry: Entry<V>,
+        entry: Entry<V>,
         bytes: Option<Vec<u8>>,
     ) -> (Arc<Entry<V>>, bool) {
-        entry.weight = entry.weight.saturating_add(entry::weight(0, key.len()));
         let entry = Arc::new(entry);
         let Some(bytes) = bytes else {
             return (entry, false);
@@ -526,14 +542,7 @@ where
     async fn try_announce(&self, key: &str, at: u64, value: Option<&[u8]>) -> bool {
         let Some(l2) = &self.l2 else { return true };
         let keys = self.keys(key);
-        let message = Message {
-            v: MESSAGE_FORMAT,
-            node: self.node.clone(),
-            op: Op::Invalidate,
-            key: key.to_owned(),
-            at,
-        };
-        let Ok(bytes) = serde_json::to_vec(&message) else {
+        let Some(bytes) = self.message(Op::Invalidate, key, at) else {
             return false;
         };
         let channel = Self::channel(&self.config);
@@ -575,13 +584,7 @@ where
         let mut lease = None;
         if let Some(l2) = &self.l2 {
             match self.read_l2(key, &keys, newer_than, epoch).await {
-                InL2::Fresh(entry) => {
-                    return Ok(Loaded {
-                        entry,
-                        stale: false,
-                        from_loader: false,
-                    })
-                }
+                InL2::Fresh(entry) => return Ok(Loaded::from_l2(entry)),
                 InL2::Stale(entry) => stale = stale.or(Some(entry)),
                 InL2::Miss => {}
             }
@@ -613,11 +616,7 @@ where
                             self.read_l2(key, &keys, newer_than, epoch).await
                         {
                             self.finish_in_background(key, &keys, Some(token), false);
-                            return Ok(Loaded {
-                                entry,
-                                stale: false,
-                                from_loader: false,
-                            });
+                            return Ok(Loaded::from_l2(entry));
                         }
                         lease = Some(token);
                         break;
@@ -635,11 +634,7 @@ where
                         if let InL2::Fresh(entry) =
                             self.read_l2(key, &keys, newer_than, epoch).await
                         {
-                            return Ok(Loaded {
-                                entry,
-                                stale: false,
-                                from_loader: false,
-                            });
+                            return Ok(Loaded::from_l2(entry));
                         }
                         if Instant::now() >= give_up {
                             break; // the holder neither finished nor let go: load ourselves
@@ -660,7 +655,7 @@ where
             Ok(Ok(value)) => {
                 self.metrics.loads_ok.increment(1);
                 let took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
-                let (entry, bytes) = self.new_entry(value, loaded_at, took_ms, epoch);
+                let (entry, bytes) = self.new_entry(key, value, loaded_at, took_ms, epoch);
                 let (entry, stored) = self.store(key, &keys, entry, bytes).await;
                 self.finish_in_background(key, &keys, lease, stored);
                 return Ok(Loaded {
@@ -993,9 +988,8 @@ where
         // The written value is as new as the write itself: one past it, so that it is
         // not mistaken for a load that began before the write.
         let epoch = inner.epoch();
-        let (mut entry, bytes) = inner.new_entry(Some(value), at + 1, 1, epoch);
+        let (entry, bytes) = inner.new_entry(key, Some(value), at + 1, 1, epoch);
         if bytes.is_some() {
-            entry.weight = entry.weight.saturating_add(entry::weight(0, key.len()));
             inner.insert_l1(key, Arc::new(entry));
         }
         inner.announce_write(key, at, bytes).await;
