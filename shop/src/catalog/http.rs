@@ -14,7 +14,7 @@ use super::store;
 use crate::auth::Operator;
 use crate::contracts::values::{ProductId, Timestamp};
 use crate::contracts::CATALOG_TOPIC;
-use crate::platform::cache::invalidate_on_commit;
+use crate::platform::cache::{invalidate_on_commit, read_through};
 use crate::problem::{page_len, ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::service::ServiceDb;
 
@@ -221,23 +221,11 @@ pub async fn read(
     if ProductId::parse(&id).is_err() {
         return Err(ApiError::NotFound("product"));
     }
-    let found = match products {
-        Some(cache) => {
-            let db = service.db.clone();
-            let key = id.clone();
-            cache
-                .get_or_load(&id, move || async move {
-                    let mut conn = crate::problem::read_conn(&db).await?;
-                    let product = store::load(&mut conn, &key).await?;
-                    Ok::<_, eddy_core::Error>(product.map(ProductView::from))
-                })
-                .await?
-        }
-        None => {
-            let mut conn = service.db.pool().acquire().await?;
-            store::load(&mut conn, &id).await?.map(ProductView::from)
-        }
-    };
+    let found = read_through(products.as_ref(), &service.db, &id, |db, id| async move {
+        let mut conn = crate::problem::read_conn(&db).await?;
+        Ok(store::load(&mut conn, &id).await?.map(ProductView::from))
+    })
+    .await?;
     found.map(Json).ok_or(ApiError::NotFound("product"))
 }
 

@@ -16,6 +16,7 @@ use super::{events, store};
 use crate::auth::Authenticated;
 use crate::contracts::values::{OrderId, Timestamp};
 use crate::contracts::ORDERS_TOPIC;
+use crate::platform::cache::read_through;
 use crate::problem::{page_len, ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use crate::service::ServiceDb;
 
@@ -261,23 +262,11 @@ pub async fn read(
     if OrderId::parse(&id).is_err() {
         return Err(ApiError::NotFound("order"));
     }
-    let found = match orders {
-        Some(cache) => {
-            let db = service.db.clone();
-            let key = id.clone();
-            cache
-                .get_or_load(&id, move || async move {
-                    let mut conn = crate::problem::read_conn(&db).await?;
-                    let order = store::load(&mut conn, &key).await?;
-                    Ok::<_, eddy_core::Error>(order.map(OrderView::from))
-                })
-                .await?
-        }
-        None => {
-            let mut conn = service.db.pool().acquire().await?;
-            store::load(&mut conn, &id).await?.map(OrderView::from)
-        }
-    };
+    let found = read_through(orders.as_ref(), &service.db, &id, |db, id| async move {
+        let mut conn = crate::problem::read_conn(&db).await?;
+        Ok(store::load(&mut conn, &id).await?.map(OrderView::from))
+    })
+    .await?;
     found
         // Another customer's order is as absent as one that does not exist.
         .filter(|order| caller.sees(Some(order.customer_id.as_str())))

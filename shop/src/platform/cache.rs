@@ -1,6 +1,7 @@
 //! The read caches of the services (`[cache]`): built from the settings, in-process on
 //! embedded defaults, in front of Redis when `cache.redis_url` is set.
 
+use std::future::Future;
 use std::time::Duration;
 
 use eddy_cache::{Cache, CacheConfig};
@@ -55,5 +56,26 @@ pub fn invalidate_on_commit<V>(
     if let Some(cache) = cache.clone() {
         let key = key.to_owned();
         tx.after_commit(move || Box::pin(async move { cache.invalidate(&key, source).await }));
+    }
+}
+
+/// `key` read through `cache` when there is one, straight from `db` when caching is off:
+/// `load` reads it from the database (and runs on the cache's load task, so it owns
+/// what it uses).
+pub async fn read_through<V, F, Fut>(
+    cache: Option<&Cache<V>>,
+    db: &eddy_sql::Db,
+    key: &str,
+    load: F,
+) -> Result<Option<V>, crate::problem::ApiError>
+where
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    F: FnOnce(eddy_sql::Db, String) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Option<V>, eddy_core::Error>> + Send + 'static,
+{
+    let (db, owned) = (db.clone(), key.to_owned());
+    match cache {
+        Some(cache) => Ok(cache.get_or_load(key, move || load(db, owned)).await?),
+        None => Ok(load(db, owned).await?),
     }
 }
