@@ -259,7 +259,6 @@ pub async fn run(args: &Args) -> anyhow::Result<Results> {
         args.requests,
         started.elapsed()
     );
-    let store_loads = store.loads.load(Ordering::Relaxed);
 
     // Shares, as the cache counted them: L1 hits, loader calls (the store), and the rest
     // answered from Redis (directly or by joining a load that found the value there).
@@ -269,17 +268,17 @@ pub async fn run(args: &Args) -> anyhow::Result<Results> {
     let store_share = stats.answered_by_loader as f64 / n;
     let l1_share = stats.l1_hits as f64 / n;
     let l2_share = stats.answered_by_l2 as f64 / n;
-    let _ = store_loads;
 
     // Each tier's own latency under the same concurrency.
     let moka_us = raw_moka_latency_us(&keys, args.workers).await;
     let redis_us = raw_redis_latency_us(&args.redis, &prefix, args.workers).await?;
     let store_us = {
+        let latency = store.latency;
         let h = timed_concurrently(2_000, args.workers, move |_| async move {
-            tokio::time::sleep(Duration::from_millis(15)).await;
+            tokio::time::sleep(latency).await;
         })
         .await;
-        h.mean() / 1_000.0 * (args.store_ms as f64 / 15.0)
+        h.mean() / 1_000.0
     };
     let tiers = vec![
         Tier {
