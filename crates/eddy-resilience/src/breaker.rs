@@ -103,7 +103,12 @@ impl std::error::Error for CircuitOpen {}
 #[derive(Debug)]
 struct Inner {
     state: BreakerState,
+    /// The window's outcomes: (when, failed, slow).
     outcomes: VecDeque<(Instant, bool, bool)>,
+    /// Failed and slow outcomes in `outcomes`, kept as they come and go (a call's
+    /// record must not scan the window: it holds up to `window_calls_max`).
+    failures: u32,
+    slows: u32,
     opened_at: Instant,
     probes_in_flight: u32,
     probes_succeeded: u32,
@@ -132,6 +137,8 @@ impl CircuitBreaker {
             inner: Arc::new(Mutex::new(Inner {
                 state: BreakerState::Closed,
                 outcomes: VecDeque::new(),
+                failures: 0,
+                slows: 0,
                 opened_at: Instant::now(),
                 probes_in_flight: 0,
                 probes_succeeded: 0,
@@ -174,7 +181,11 @@ impl CircuitBreaker {
                 inner.probes_in_flight = 0;
                 inner.probes_succeeded = 0;
             }
-            BreakerState::Closed => inner.outcomes.clear(),
+            BreakerState::Closed => {
+                inner.outcomes.clear();
+                inner.failures = 0;
+                inner.slows = 0;
+            }
         }
         tracing::warn!(breaker = %self.config.name, from = from.as_str(), to = to.as_str(), "circuit breaker changed state");
         metrics::counter!("circuit_breaker_state_changes", "breaker" => self.config.name.clone(), "from" => from.as_str(), "to" => to.as_str())
@@ -240,17 +251,21 @@ impl CircuitBreaker {
             return; // a call admitted before the breaker opened
         }
         inner.outcomes.push_back((now, failed, slow));
+        inner.failures += u32::from(failed);
+        inner.slows += u32::from(slow);
         while inner.outcomes.len() > self.config.window_calls_max
             || inner
                 .outcomes
                 .front()
                 .is_some_and(|(at, _, _)| now.duration_since(*at) > self.config.window)
         {
-            inner.outcomes.pop_front();
+            if let Some((_, failed, slow)) = inner.outcomes.pop_front() {
+                inner.failures -= u32::from(failed);
+                inner.slows -= u32::from(slow);
+            }
         }
         let calls = inner.outcomes.len() as u32;
-        let failures = inner.outcomes.iter().filter(|(_, f, _)| *f).count() as u32;
-        let slows = inner.outcomes.iter().filter(|(_, _, s)| *s).count() as u32;
+        let (failures, slows) = (inner.failures, inner.slows);
         let rate = |n: u32| f64::from(n) / f64::from(calls.max(1));
         let open = failures >= self.config.failures_max
             || (calls >= self.config.calls_min

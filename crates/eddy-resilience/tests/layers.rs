@@ -126,6 +126,47 @@ async fn the_breaker_goes_closed_open_half_open_closed_and_back_to_open() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn outcomes_pushed_out_of_the_window_by_its_size_bound_stop_counting() {
+    // The breaker keeps running counts of the window's failures (a record does not scan
+    // the window); they must follow outcomes out of it, by age and by the size bound.
+    let breaker = CircuitBreaker::new(CircuitBreakerConfig {
+        name: "bounded".into(),
+        window_calls_max: 10,
+        calls_min: 1_000, // rates off: only the failure count opens it
+        ..CircuitBreakerConfig::default()
+    });
+    for _ in 0..4 {
+        breaker.try_acquire().unwrap().record(true);
+    }
+    for _ in 0..10 {
+        breaker.try_acquire().unwrap().record(false); // pushes the 4 failures out
+    }
+    for _ in 0..4 {
+        breaker.try_acquire().unwrap().record(true);
+    }
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Closed,
+        "4 failures in the window"
+    );
+    tokio::time::advance(Duration::from_secs(61)).await; // ages them out
+    for _ in 0..4 {
+        breaker.try_acquire().unwrap().record(true);
+    }
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Closed,
+        "4 failures in the window"
+    );
+    breaker.try_acquire().unwrap().record(true);
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Open,
+        "the fifth failure opens it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn failures_spread_beyond_the_window_do_not_open_the_breaker() {
     let breaker = breaker(Duration::from_secs(30));
     for _ in 0..10 {
