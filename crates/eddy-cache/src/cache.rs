@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use eddy_resilience::{CircuitBreaker, CircuitBreakerConfig};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use moka::notification::RemovalCause;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::CacheConfig;
-use crate::entry::{self, jittered, now_ms, Entry};
+use crate::entry::{self, coarse_now_ms, jittered, now_ms, Entry};
 use crate::l2::{L2Error, L2};
 use crate::metrics::Metrics;
 
@@ -171,6 +171,8 @@ struct Shared {
 
 struct Inner<V> {
     config: CacheConfig,
+    /// `{key_prefix}:{name}`, the start of every Redis key of this cache.
+    key_base: String,
     node: String,
     l1: moka::sync::Cache<String, Arc<Entry<V>>>,
     l2: Option<Shared>,
@@ -214,10 +216,16 @@ impl<V> Loaded<V> {
 
 impl<V> Inner<V> {
     fn keys(&self, key: &str) -> Keys {
-        let base = format!("{}:{}", self.config.key_prefix, self.config.name);
+        let join = |kind: &str| {
+            let mut joined = String::with_capacity(self.key_base.len() + kind.len() + key.len());
+            joined.push_str(&self.key_base);
+            joined.push_str(kind);
+            joined.push_str(key);
+            joined
+        };
         Keys {
-            value: format!("{base}:v:{key}"),
-            lease: format!("{base}:lease:{key}"),
+            value: join(":v:"),
+            lease: join(":lease:"),
         }
     }
 
@@ -390,14 +398,13 @@ where
             return InL2::Miss;
         };
         let now = now_ms();
-        let overtaken = self.written_at(key).is_some_and(|at| found.loaded_at <= at)
-            || newer_than.is_some_and(|at| found.loaded_at <= at);
-        if overtaken || !found.is_usable(now) {
+        if newer_than.is_some_and(|at| found.loaded_at <= at) || !found.is_usable(now) {
             self.metrics.l2_miss.increment(1);
             return InL2::Miss;
         }
         let found = Arc::new(found);
         if now < found.fresh_until {
+            // Checks for a write that overtook it, under the key's stripe.
             if !self.insert_unless_overtaken(key, found.clone()) {
                 self.metrics.l2_miss.increment(1);
                 return InL2::Miss;
@@ -409,6 +416,9 @@ where
                 self.metrics.l2_negative.increment(1);
             }
             InL2::Fresh(found)
+        } else if self.written_at(key).is_some_and(|at| found.loaded_at <= at) {
+            self.metrics.l2_miss.increment(1);
+            InL2::Miss
         } else {
             self.metrics.l2_stale.increment(1);
             InL2::Stale(found)
@@ -563,15 +573,14 @@ where
     }
 
     /// One load of `key`: L2, then the loader under the cross-node lease.
-    async fn fill<F, Fut, E>(
+    async fn fill<Fut, E>(
         self: &Arc<Self>,
         key: &str,
-        loader: F,
+        load: Fut,
         stale: Option<Arc<Entry<V>>>,
         early: bool,
     ) -> Result<Loaded<V>, CacheError>
     where
-        F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<V>, E>>,
         E: Into<BoxError>,
     {
@@ -648,7 +657,7 @@ where
         let loaded_at = now_ms();
         let started = Instant::now();
         bump(&self.counts.loads);
-        let outcome = tokio::time::timeout(self.config.load_timeout, loader()).await;
+        let outcome = tokio::time::timeout(self.config.load_timeout, load).await;
         let took = started.elapsed();
         self.metrics.load_duration.record(took.as_secs_f64());
         let failure = match outcome {
@@ -732,7 +741,47 @@ impl<V> Drop for Unregister<'_, V> {
     }
 }
 
-/// Takes a flight out of the flight map when its task ends, however it ends.
+/// A load, driven by the caller that started it. Dropped unfinished (the caller gave up
+/// or its wait ran out), it goes on on a task of its own, so nobody else waiting on it
+/// loses it.
+struct Lead(Option<futures::future::BoxFuture<'static, ()>>);
+
+impl Lead {
+    /// Runs the load on a task of its own from the start.
+    fn detach(mut self) {
+        if let Some(load) = self.0.take() {
+            tokio::spawn(load);
+        }
+    }
+}
+
+impl Future for Lead {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if let Some(load) = self.0.as_mut() {
+            std::task::ready!(load.as_mut().poll(cx));
+            self.0 = None;
+        }
+        std::task::Poll::Ready(())
+    }
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        if let Some(load) = self.0.take() {
+            // Outside a runtime the load is dropped: its waiters hear it was abandoned.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(load);
+            }
+        }
+    }
+}
+
+/// Takes a flight out of the flight map when its load ends, however it ends.
 struct Landed<V> {
     inner: Arc<Inner<V>>,
     key: String,
@@ -780,7 +829,12 @@ where
         let l1 = moka::sync::Cache::builder()
             .max_capacity(config.l1_bytes_max)
             .weigher(|_key: &String, entry: &Arc<Entry<V>>| entry.weight.max(1))
-            .expire_after(HardExpiry)
+            // Every entry's hard expiry is at most `hard_ttl` after it entered (values;
+            // a "not found" lives shorter): one TTL for all is free on the read path, where
+            // a per-entry expiry cost a sixth of a hit. An entry whose own hard expiry
+            // comes sooner is never served past it (`is_usable`) and is replaced by the
+            // load its next lookup starts.
+            .time_to_live(config.hard_ttl.max(config.negative_ttl))
             .eviction_listener(move |_key, _value, cause| match cause {
                 RemovalCause::Size => evictions.evicted_size.increment(1),
                 RemovalCause::Expired => evictions.evicted_expired.increment(1),
@@ -818,6 +872,7 @@ where
             store,
         });
         let inner = Arc::new(Inner {
+            key_base: format!("{}:{}", config.key_prefix, config.name),
             node: uuid::Uuid::now_v7().to_string(),
             l1,
             epoch: AtomicU64::new(0),
@@ -850,21 +905,27 @@ where
         self.inner.backplane_connected.load(Ordering::Acquire)
     }
 
-    /// The value of `key`: from L1, L2, or `loader` (`Ok(None)`: there is none, cached
-    /// for `negative_ttl`). The loader runs on its own task, so a caller that gives up
-    /// does not cancel a load others wait on.
+    /// The value of `key`: from L1, L2, or the future `loader` makes (`Ok(None)`: there
+    /// is none, cached for `negative_ttl`).
+    ///
+    /// `loader` is called only when this lookup starts a load, before the load looks in
+    /// L2: it may borrow, and should only gather what the load needs (clone a pool
+    /// handle, own the key) into the future it returns, which does the work. A hit costs
+    /// nothing of it. The caller that starts a load drives it; if it gives up, the load
+    /// moves to a task of its own, so it never cancels a load others wait on.
     pub async fn get_or_load<F, Fut, E>(
         &self,
         key: &str,
         loader: F,
     ) -> Result<Option<V>, CacheError>
     where
-        F: FnOnce() -> Fut + Send + 'static,
+        F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
         let inner = &self.inner;
-        let now = now_ms();
+        // The hit path's clock: see `coarse_now_ms` for what it costs in freshness.
+        let now = coarse_now_ms();
         let stale = match inner.l1.get(key) {
             Some(found) if found.is_fresh(now, inner.epoch()) => {
                 bump(&inner.counts.l1_hits);
@@ -874,7 +935,10 @@ where
                     inner.metrics.l1_negative.increment(1);
                 }
                 if found.wants_early_refresh(now, inner.config.early_refresh_beta) {
-                    drop(self.flight(key, loader, Some(found.clone()), true));
+                    // Nobody waits on an early refresh: it runs on a task of its own.
+                    if let (_, Some(lead)) = self.flight(key, loader, Some(found.clone()), true) {
+                        lead.detach();
+                    }
                 }
                 return Ok(found.value.clone());
             }
@@ -887,7 +951,22 @@ where
                 None
             }
         };
-        let mut flight = self.flight(key, loader, stale.clone(), false);
+        let (flight, lead) = self.flight(key, loader, stale.clone(), false);
+        // Boxed: the hit path above stays a small future, the load path's state machine
+        // is allocated only when it runs.
+        Box::pin(self.wait(key, flight, lead, stale)).await
+    }
+
+    /// A lookup that L1 did not answer: drives the key's load if it started it, and waits
+    /// for it (only `soft_timeout` when a stale value can answer instead).
+    async fn wait(
+        &self,
+        key: &str,
+        mut flight: watch::Receiver<FlightResult<V>>,
+        mut lead: Option<Lead>,
+        stale: Option<Arc<Entry<V>>>,
+    ) -> Result<Option<V>, CacheError> {
+        let inner = &self.inner;
         let wait = if stale.is_some() {
             inner.config.soft_timeout
         } else {
@@ -897,7 +976,15 @@ where
                 + inner.config.load_timeout
                 + inner.config.l2_timeout * 10
         };
-        let waited = tokio::time::timeout(wait, flight.wait_for(Option::is_some)).await;
+        let waited = tokio::time::timeout(wait, async {
+            // The caller that started the load drives it itself (no hop to another task
+            // and back); if it stops waiting, the load goes on on a task of its own.
+            if let Some(lead) = lead.as_mut() {
+                lead.await;
+            }
+            flight.wait_for(Option::is_some).await
+        })
+        .await;
         let outcome = match &waited {
             Ok(Ok(result)) => match result.as_ref() {
                 Some(Ok(loaded)) => {
@@ -939,16 +1026,17 @@ where
         }
     }
 
-    /// Joins the load of `key` in progress, or starts one.
+    /// Joins the load of `key` in progress, or starts one (calling `loader`): then the
+    /// load comes back too, for the caller to drive.
     fn flight<F, Fut, E>(
         &self,
         key: &str,
         loader: F,
         stale: Option<Arc<Entry<V>>>,
         early: bool,
-    ) -> watch::Receiver<FlightResult<V>>
+    ) -> (watch::Receiver<FlightResult<V>>, Option<Lead>)
     where
-        F: FnOnce() -> Fut + Send + 'static,
+        F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
@@ -958,7 +1046,7 @@ where
                 self.inner.metrics.coalesced_local.increment(1);
                 bump(&self.inner.counts.coalesced);
             }
-            return running.clone();
+            return (running.clone(), None);
         }
         if early {
             self.inner.metrics.early_refreshes.increment(1);
@@ -971,12 +1059,17 @@ where
             key: key.to_owned(),
             receiver: receiver.clone(),
         };
-        tokio::spawn(async move {
-            let result = landed.inner.fill(&landed.key, loader, stale, early).await;
-            let _ = sender.send(Some(result));
+        let load = loader();
+        let load = async move {
+            // A panicking loader abandons the load (its waiters are told so), as a
+            // panicking task would; it does not unwind into the caller driving it.
+            let fill = landed.inner.fill(&landed.key, load, stale, early);
+            if let Ok(result) = std::panic::AssertUnwindSafe(fill).catch_unwind().await {
+                let _ = sender.send(Some(result));
+            }
             drop(landed);
-        });
-        receiver
+        };
+        (receiver, Some(Lead(Some(Box::pin(load)))))
     }
 
     /// Puts `value` under `key` in both levels and drops it from every other node's L1.
@@ -1029,30 +1122,6 @@ where
     pub fn l1_size(&self) -> (u64, u64) {
         self.inner.l1.run_pending_tasks();
         (self.inner.l1.weighted_size(), self.inner.l1.entry_count())
-    }
-}
-
-/// L1 keeps an entry until its hard expiry (stale values serve as fail-safe).
-struct HardExpiry;
-
-impl<V> moka::Expiry<String, Arc<Entry<V>>> for HardExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        entry: &Arc<Entry<V>>,
-        _at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(entry.l1_lifetime(now_ms()))
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        entry: &Arc<Entry<V>>,
-        _at: std::time::Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.l1_lifetime(now_ms()))
     }
 }
 

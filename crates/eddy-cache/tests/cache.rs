@@ -465,3 +465,109 @@ async fn a_hot_key_is_refreshed_before_it_expires() {
         "a read waited {slowest:?} for a reload"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_does_not_cancel_the_load_others_wait_on() {
+    let cache: Cache<String> = Cache::local(config("gives-up")).unwrap();
+    let store = Store::with("v1", Duration::from_millis(300));
+    // The first caller starts (and drives) the load, then gives up halfway.
+    let first = tokio::time::timeout(Duration::from_millis(100), get(&cache, &store, "k")).await;
+    assert!(first.is_err(), "the first caller was meant to give up");
+    // A second caller joins the load still running: it is not started again.
+    assert_eq!(
+        get(&cache, &store, "k").await.unwrap().as_deref(),
+        Some("v1")
+    );
+    assert_eq!(store.loads(), 1);
+
+    // Nobody waiting at all: the load still lands, and the next read is an L1 hit.
+    let dropped = tokio::spawn({
+        let (cache, store) = (cache.clone(), store.clone());
+        async move { get(&cache, &store, "k2").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    dropped.abort();
+    let _ = dropped.await;
+    // The load takes 300 ms from when it started.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hits = cache.stats().l1_hits;
+    assert_eq!(
+        get(&cache, &store, "k2").await.unwrap().as_deref(),
+        Some("v1")
+    );
+    assert_eq!(store.loads(), 2, "the abandoned caller's load was lost");
+    assert_eq!(cache.stats().l1_hits, hits + 1);
+}
+
+#[tokio::test]
+async fn a_panicking_loader_is_an_error_for_its_callers_not_a_panic() {
+    let cache: Cache<String> = Cache::local(config("panics")).unwrap();
+    let loader =
+        || -> futures::future::BoxFuture<'static, Result<Option<String>, std::io::Error>> {
+            Box::pin(async { panic!("a bug in the loader") })
+        };
+    match cache.get_or_load("k", loader).await {
+        Err(CacheError::Abandoned { .. }) => {}
+        other => panic!("expected an abandoned load, got {other:?}"),
+    }
+    // The key is not stuck: the next load runs.
+    let store = Store::with("v1", Duration::ZERO);
+    assert_eq!(
+        get(&cache, &store, "k").await.unwrap().as_deref(),
+        Some("v1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_backplane_is_found_by_its_ping_and_makes_l1_stale() {
+    // A frozen server keeps the subscription's connection open and answers nothing: only
+    // the ping can tell. Its own server, since the test freezes it.
+    let server = RedisServer::start();
+    let url = server.url();
+    let config = CacheConfig {
+        ttl: Duration::from_secs(20), // the old value would live this long if trusted
+        ttl_jitter: 0.0,
+        backplane_ping: Duration::from_millis(200),
+        l2_timeout: Duration::from_millis(200),
+        soft_timeout: Duration::from_millis(50),
+        ..config("hung")
+    };
+    let cache: Cache<String> = Cache::redis(config, &url).unwrap();
+    eventually(Duration::from_secs(5), || async {
+        cache.backplane_connected()
+    })
+    .await;
+    let store = Store::with("v1", Duration::ZERO);
+    assert_eq!(
+        get(&cache, &store, "k").await.unwrap().as_deref(),
+        Some("v1")
+    );
+
+    // The store changes while Redis hangs: no invalidation can arrive, so after the ping
+    // fails nothing in L1 may be trusted, and the read goes to the store.
+    server.freeze();
+    store.put("v2");
+    let lost = eventually(Duration::from_secs(5), || async {
+        !cache.backplane_connected()
+    })
+    .await;
+    assert!(
+        lost < Duration::from_secs(1),
+        "a hung backplane went unnoticed for {lost:?} (ping every 200 ms)"
+    );
+    let took = eventually(Duration::from_secs(5), || async {
+        get(&cache, &store, "k").await.unwrap().as_deref() == Some("v2")
+    })
+    .await;
+    assert!(
+        took < Duration::from_secs(2),
+        "the old value served for {took:?}"
+    );
+
+    // Redis answers again: the subscription comes back by itself.
+    server.unfreeze();
+    eventually(Duration::from_secs(10), || async {
+        cache.backplane_connected()
+    })
+    .await;
+}

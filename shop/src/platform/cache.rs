@@ -60,8 +60,8 @@ pub fn invalidate_on_commit<V>(
 }
 
 /// `key` read through `cache` when there is one, straight from `db` when caching is off:
-/// `load` reads it from the database (and runs on the cache's load task, so it owns
-/// what it uses).
+/// `load` reads it from the database (it owns what it uses, since a load can outlive the
+/// request that started it; a cache hit clones nothing).
 pub async fn read_through<V, F, Fut>(
     cache: Option<&Cache<V>>,
     db: &eddy_sql::Db,
@@ -73,9 +73,10 @@ where
     F: FnOnce(eddy_sql::Db, String) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Option<V>, eddy_core::Error>> + Send + 'static,
 {
-    let (db, owned) = (db.clone(), key.to_owned());
     match cache {
-        Some(cache) => Ok(cache.get_or_load(key, move || load(db, owned)).await?),
-        None => Ok(load(db, owned).await?),
+        Some(cache) => Ok(cache
+            .get_or_load(key, || load(db.clone(), key.to_owned()))
+            .await?),
+        None => Ok(load(db.clone(), key.to_owned()).await?),
     }
 }
