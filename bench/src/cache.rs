@@ -1,21 +1,20 @@
 //! S6: the two-level cache (`eddy-cache`) in front of a store that takes 15 ms, with Redis
 //! as the shared level.
 //!
-//! Three measurements in one run:
+//! Four measurements in one run:
 //!
 //! 1. **Tiered latency**: `workers` concurrent readers draw keys from a Zipf distribution
 //!    over `keys` keys; L1 holds about `l1_entries` of them, so most reads hit L1, the
-//!    tail hits Redis, and each key's first read reaches the store. The shares are
-//!    measured, and so is each tier's own latency under the same concurrency — a raw
-//!    moka get, a raw Redis `GET` on a multiplexed connection, the store's 15 ms sleep —
-//!    so the limit is Σ(share × tier latency) and the cache's mean is judged against it
-//!    (target ≤ 1.1 ×).
+//!    tail hits Redis, and each key's first read reaches the store. The limit is
+//!    Σ(share × tier latency) with the cache's shares and each tier's latency from the
+//!    same readers over the raw parts composed by hand (`raw_tiers`), so every tier is
+//!    timed under this very load (target ≤ 1.1 ×).
 //! 2. **Herd**: 3,000 concurrent misses on one key, spread over two caches with separate
 //!    L1s sharing Redis: store loads (target exactly 1).
 //! 3. **L1 get rate**: a cache hit through `get_or_load` against a raw `moka` get of the
 //!    same entries, one thread, back to back (target ≥ 0.8 × raw).
-//!
-//! No peer runs here yet (a Python `cashews` or `aiocache` run is still to be written).
+//! 4. **Peer**: the same workload and herd through Python's cashews
+//!    (`bench/peers/cashews_s6.py`), when `bench/peers/setup.sh` installed it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -91,20 +90,18 @@ struct Store {
 }
 
 impl Store {
-    fn loader(
+    /// A load of `key` (the cache calls for it only on a miss).
+    fn load(
         &self,
         key: &Arc<str>,
-    ) -> impl FnOnce() -> futures::future::BoxFuture<'static, Result<Option<Product>, std::io::Error>>
-           + Send
-           + 'static {
+    ) -> impl std::future::Future<Output = Result<Option<Product>, std::io::Error>> + Send + 'static
+    {
         let store = self.clone();
         let key = key.clone();
-        move || {
-            Box::pin(async move {
-                store.loads.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(store.latency).await;
-                Ok(Some(product(&key)))
-            })
+        async move {
+            store.loads.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(store.latency).await;
+            Ok(Some(product(&key)))
         }
     }
 }
@@ -138,8 +135,12 @@ impl Zipf {
 #[derive(Debug, Serialize)]
 pub struct Tier {
     pub name: &'static str,
+    /// Share of the cache's reads this tier answered.
     pub share: f64,
+    /// Mean latency of the raw composition's reads this tier answered, µs.
     pub latency_us: f64,
+    /// Share of the raw composition's reads this tier answered.
+    pub raw_share: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -153,11 +154,54 @@ pub struct Results {
     pub limit_us: f64,
     /// The cache's mean read latency, µs.
     pub mean_us: f64,
+    /// The raw composition's own mean (its shares differ a little from the cache's), µs.
+    pub raw_mean_us: f64,
     pub p99_us: f64,
     pub herd: usize,
     pub herd_store_loads: u64,
     pub l1_gets_per_sec: f64,
     pub raw_moka_gets_per_sec: f64,
+    /// The tiered run's reads per second.
+    pub reads_per_sec: f64,
+    /// The same workload through Python's cashews, when installed (`bench/peers/setup.sh`).
+    pub peer: Option<Peer>,
+}
+
+/// The peer's run of the same workload (`bench/peers/cashews_s6.py`).
+#[derive(Debug, Serialize)]
+pub struct Peer {
+    pub name: String,
+    pub mean_us: f64,
+    pub p99_us: f64,
+    pub reads_per_sec: f64,
+    pub herd_store_loads: u64,
+}
+
+/// Runs the cashews peer, if it is installed.
+async fn peer(args: &Args) -> anyhow::Result<Option<Peer>> {
+    let Some(python) = crate::peers::python("cashews, redis") else {
+        eprintln!("S6: cashews is not installed (bench/peers/setup.sh); no peer run");
+        return Ok(None);
+    };
+    let mut command = tokio::process::Command::new(&python);
+    command
+        .arg(crate::peers::script("cashews_s6.py"))
+        .args(["--redis", &args.redis])
+        .args(["--keys", &args.keys.to_string()])
+        .args(["--zipf", &args.zipf.to_string()])
+        .args(["--requests", &args.requests.to_string()])
+        .args(["--workers", &args.workers.to_string()])
+        .args(["--l1-entries", &args.l1_entries.to_string()])
+        .args(["--store-ms", &args.store_ms.to_string()])
+        .args(["--herd", &args.herd.to_string()]);
+    let value = crate::peers::run_json(command).await?;
+    Ok(Some(Peer {
+        name: "cashews (Python, client-side Redis)".to_owned(),
+        mean_us: value["mean_us"].as_f64().unwrap_or(f64::NAN),
+        p99_us: value["p99_us"].as_f64().unwrap_or(f64::NAN),
+        reads_per_sec: value["reads_per_sec"].as_f64().unwrap_or(0.0),
+        herd_store_loads: value["herd_store_loads"].as_u64().unwrap_or(0),
+    }))
 }
 
 fn config(prefix: &str, l1_bytes: u64) -> CacheConfig {
@@ -250,14 +294,14 @@ pub async fn run(args: &Args) -> anyhow::Result<Results> {
         let (c, s, z, k) = (c.clone(), s.clone(), z.clone(), k.clone());
         async move {
             let key = &k[z.sample(&mut rand::thread_rng())];
-            let _ = c.get_or_load(key, s.loader(key)).await;
+            let _ = c.get_or_load(key, || s.load(key)).await;
         }
     })
     .await;
+    let tiered_took = started.elapsed();
     eprintln!(
-        "S6 tiered run: {} reads in {:.1?}",
-        args.requests,
-        started.elapsed()
+        "S6 tiered run: {} reads in {tiered_took:.1?}",
+        args.requests
     );
 
     // Shares, as the cache counted them: L1 hits, loader calls (the store), and the rest
@@ -269,32 +313,29 @@ pub async fn run(args: &Args) -> anyhow::Result<Results> {
     let l1_share = stats.l1_hits as f64 / n;
     let l2_share = stats.answered_by_l2 as f64 / n;
 
-    // Each tier's own latency under the same concurrency.
-    let moka_us = raw_moka_latency_us(&keys, args.workers).await;
-    let redis_us = raw_redis_latency_us(&args.redis, &prefix, args.workers).await?;
-    let store_us = {
-        let latency = store.latency;
-        let h = timed_concurrently(2_000, args.workers, move |_| async move {
-            tokio::time::sleep(latency).await;
-        })
-        .await;
-        h.mean() / 1_000.0
-    };
+    // Each tier's own latency, from the same readers over the raw parts (see `raw_tiers`).
+    // The raw L1 holds as many entries as the cache's did (the cache bounds L1 by bytes),
+    // so both see about the same shares.
+    let (_, l1_held) = cache.l1_size();
+    let raw = raw_tiers(args, &prefix, &keys, &zipf, l1_held.max(1)).await?;
     let tiers = vec![
         Tier {
             name: "L1 (raw moka get)",
             share: l1_share,
-            latency_us: moka_us,
+            latency_us: raw.latency_us[0],
+            raw_share: raw.shares[0],
         },
         Tier {
-            name: "Redis (raw GET)",
+            name: "Redis (raw GET + decode + moka insert)",
             share: l2_share,
-            latency_us: redis_us,
+            latency_us: raw.latency_us[1],
+            raw_share: raw.shares[1],
         },
         Tier {
-            name: "store (15 ms)",
+            name: "store (15 ms, then SET + insert)",
             share: store_share,
-            latency_us: store_us,
+            latency_us: raw.latency_us[2],
+            raw_share: raw.shares[2],
         },
     ];
     let limit_us: f64 = tiers.iter().map(|t| t.share * t.latency_us).sum();
@@ -314,9 +355,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Results> {
     let mut calls = Vec::with_capacity(args.herd);
     for i in 0..args.herd {
         let node = if i % 2 == 0 { a.clone() } else { b.clone() };
-        let loader = herd_store.loader(&Arc::from("herd-key"));
+        let store = herd_store.clone();
         calls.push(tokio::spawn(async move {
-            node.get_or_load("herd-key", loader).await
+            node.get_or_load("herd-key", || store.load(&Arc::from("herd-key")))
+                .await
         }));
     }
     for call in calls {
@@ -329,6 +371,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Results> {
     // 3. L1 gets: the cache's hit path against raw moka, same keys, all resident.
     let (l1_gets_per_sec, raw_moka_gets_per_sec) = get_rates(args.gets).await?;
 
+    // 4. The peer, same workload.
+    let peer = peer(args).await?;
+
     Ok(Results {
         machine: crate::toolkit::machine(),
         keys: args.keys,
@@ -337,61 +382,118 @@ pub async fn run(args: &Args) -> anyhow::Result<Results> {
         tiers,
         limit_us,
         mean_us: histogram.mean() / 1_000.0,
+        raw_mean_us: raw.mean_us,
         p99_us: histogram.value_at_quantile(0.99) as f64 / 1_000.0,
         herd: args.herd,
         herd_store_loads,
         l1_gets_per_sec,
         raw_moka_gets_per_sec,
+        reads_per_sec: args.requests as f64 / tiered_took.as_secs_f64(),
+        peer,
     })
 }
 
-async fn raw_moka_latency_us(keys: &Arc<Vec<Arc<str>>>, workers: usize) -> f64 {
-    let moka: moka::sync::Cache<String, Arc<Product>> = moka::sync::Cache::new(keys.len() as u64);
-    for k in keys.iter() {
-        moka.insert(k.to_string(), Arc::new(product(k)));
-    }
-    let keys = keys.clone();
-    let h = timed_concurrently(200_000, workers, move |i| {
-        let moka = moka.clone();
-        let keys = keys.clone();
-        async move {
-            let _ = moka
-                .get(&*keys[i as usize % keys.len()])
-                .map(|p| (*p).clone());
-        }
-    })
-    .await;
-    h.mean() / 1_000.0
+/// What the raw composition measured.
+struct RawRun {
+    /// Mean latency of the reads each tier answered, µs: L1, Redis, store.
+    latency_us: [f64; 3],
+    /// Shares of the reads each tier answered.
+    shares: [f64; 3],
+    mean_us: f64,
 }
 
-async fn raw_redis_latency_us(url: &str, prefix: &str, workers: usize) -> anyhow::Result<f64> {
-    let client = redis::Client::open(url)?;
+/// The same readers, keys and request count over the raw parts composed by hand, with
+/// none of the cache's work (no coalescing, no lease, no freshness, no metrics): a moka
+/// get; on a miss a Redis `GET` on a multiplexed connection, decoded and put into moka;
+/// on a miss there the store, then a Redis `SET` and a moka insert. Each read is timed
+/// into the tier that answered it, so a tier's latency is what it costs under this very
+/// load — on a CPU-bound box the tiers' latencies depend on the mix (a Redis read waits
+/// behind the L1 hits other readers run meanwhile), and the tiers timed one at a time at
+/// this concurrency measure a queue, not a tier.
+async fn raw_tiers(
+    args: &Args,
+    prefix: &str,
+    keys: &Arc<Vec<Arc<str>>>,
+    zipf: &Arc<Zipf>,
+    l1_entries: u64,
+) -> anyhow::Result<RawRun> {
+    let client = redis::Client::open(args.redis.as_str())?;
     let connection = client.get_multiplexed_async_connection().await?;
-    let key = format!("{prefix}:raw");
-    let value = serde_json::to_vec(&product("k-0000"))?;
-    let mut c = connection.clone();
-    let _: () = redis::cmd("SET")
-        .arg(&key)
-        .arg(&value)
-        .arg("PX")
-        .arg(60_000)
-        .query_async(&mut c)
-        .await?;
-    let h = timed_concurrently(20_000, workers, move |_| {
-        let mut c = connection.clone();
-        let key = key.clone();
-        async move {
-            let bytes: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut c)
-                .await
-                .ok()
-                .flatten();
-            let _ = bytes.and_then(|b| serde_json::from_slice::<Product>(&b).ok());
+    let moka: moka::sync::Cache<Arc<str>, Arc<Product>> = moka::sync::Cache::new(l1_entries);
+    let redis_prefix = Arc::<str>::from(format!("{prefix}:raw"));
+    let latency = Duration::from_millis(args.store_ms);
+    let next = Arc::new(AtomicU64::new(0));
+    let requests = args.requests;
+    let mut tasks = Vec::new();
+    for _ in 0..args.workers {
+        let (moka, connection, keys, zipf, next, redis_prefix) = (
+            moka.clone(),
+            connection.clone(),
+            keys.clone(),
+            zipf.clone(),
+            next.clone(),
+            redis_prefix.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut histograms: [hdrhistogram::Histogram<u64>; 3] = std::array::from_fn(|_| {
+                hdrhistogram::Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable_histogram())
+            });
+            let mut c = connection;
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
+                let key = &keys[zipf.sample(&mut rand::thread_rng())];
+                let started = Instant::now();
+                let tier = if moka.get(key).map(|p| (*p).clone()).is_some() {
+                    0
+                } else {
+                    let redis_key = format!("{redis_prefix}:{key}");
+                    let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                        .arg(&redis_key)
+                        .query_async(&mut c)
+                        .await
+                        .ok()
+                        .flatten();
+                    match bytes.and_then(|b| serde_json::from_slice::<Product>(&b).ok()) {
+                        Some(found) => {
+                            moka.insert(key.clone(), Arc::new(found));
+                            1
+                        }
+                        None => {
+                            tokio::time::sleep(latency).await;
+                            let loaded = product(key);
+                            let bytes = serde_json::to_vec(&loaded).unwrap_or_default();
+                            let _: redis::RedisResult<()> = redis::cmd("SET")
+                                .arg(&redis_key)
+                                .arg(bytes)
+                                .arg("PX")
+                                .arg(120_000)
+                                .query_async(&mut c)
+                                .await;
+                            moka.insert(key.clone(), Arc::new(loaded));
+                            2
+                        }
+                    }
+                };
+                let _ = histograms[tier].record(started.elapsed().as_nanos() as u64);
+            }
+            histograms
+        }));
+    }
+    let mut all: [hdrhistogram::Histogram<u64>; 3] = std::array::from_fn(|_| {
+        hdrhistogram::Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable_histogram())
+    });
+    for task in tasks {
+        for (into, from) in all.iter_mut().zip(task.await?) {
+            let _ = into.add(from);
         }
+    }
+    let total: u64 = all.iter().map(|h| h.len()).sum();
+    let total = total.max(1) as f64;
+    let sum_ns: f64 = all.iter().map(|h| h.mean() * h.len() as f64).sum();
+    Ok(RawRun {
+        latency_us: std::array::from_fn(|t| all[t].mean() / 1_000.0),
+        shares: std::array::from_fn(|t| all[t].len() as f64 / total),
+        mean_us: sum_ns / total / 1_000.0,
     })
-    .await;
-    Ok(h.mean() / 1_000.0)
 }
 
 /// Hits per second through the cache and through raw moka, one thread each.
@@ -407,7 +509,7 @@ async fn get_rates(gets: u64) -> anyhow::Result<(f64, f64)> {
         loads: Arc::new(AtomicU64::new(0)),
     };
     for k in &keys {
-        cache.get_or_load(k, store.loader(k)).await?;
+        cache.get_or_load(k, || store.load(k)).await?;
     }
     let moka: moka::sync::Cache<String, Arc<Product>> = moka::sync::Cache::new(10_000);
     for k in &keys {
@@ -418,7 +520,7 @@ async fn get_rates(gets: u64) -> anyhow::Result<(f64, f64)> {
         let started = Instant::now();
         for i in 0..gets {
             let k = &keys[(i % 1_000) as usize];
-            let _ = cache.get_or_load(k, store.loader(k)).await;
+            let _ = cache.get_or_load(k, || store.load(k)).await;
         }
         best.0 = best.0.max(gets as f64 / started.elapsed().as_secs_f64());
         let started = Instant::now();
@@ -440,15 +542,22 @@ pub fn markdown(r: &Results) -> String {
         "Machine: {}. {} reads by {} concurrent readers over {} Zipf keys; Redis on the same box.\n\n",
         r.machine, r.requests, r.workers, r.keys
     );
-    out.push_str("| tier | share | tier latency |\n|---|---:|---:|\n");
+    out.push_str(
+        "| tier | share (cache) | tier latency (raw parts, same load) | share (raw parts) |\n|---|---:|---:|---:|\n",
+    );
     for t in &r.tiers {
         out.push_str(&format!(
-            "| {} | {:.1} % | {:.1} µs |\n",
+            "| {} | {:.1} % | {:.1} µs | {:.1} % |\n",
             t.name,
             t.share * 100.0,
-            t.latency_us
+            t.latency_us,
+            t.raw_share * 100.0
         ));
     }
+    out.push_str(&format!(
+        "\nThe raw parts' own mean: {:.1} µs.\n",
+        r.raw_mean_us
+    ));
     out.push_str(&format!(
         "\n| measure | Eddy | limit / raw | ratio | target |\n|---|---:|---:|---:|---|\n\
          | mean read latency | {:.1} µs (p99 {:.0} µs) | Σ share × tier = {:.1} µs | {:.2}× | ≤ 1.1× |\n\
@@ -464,6 +573,20 @@ pub fn markdown(r: &Results) -> String {
         r.raw_moka_gets_per_sec / 1e6,
         r.l1_gets_per_sec / r.raw_moka_gets_per_sec.max(f64::MIN_POSITIVE),
     ));
+    if let Some(p) = &r.peer {
+        out.push_str(&format!(
+            "\nPeer, same workload and herd: {} — mean {:.1} µs (p99 {:.0} µs), {:.0} reads/s, \
+             herd: {} store load(s) (with its `lock=True`); Eddy: {:.0} reads/s, **{:.1}×** the \
+             peer's throughput.\n",
+            p.name,
+            p.mean_us,
+            p.p99_us,
+            p.reads_per_sec,
+            p.herd_store_loads,
+            r.reads_per_sec,
+            r.reads_per_sec / p.reads_per_sec.max(f64::MIN_POSITIVE),
+        ));
+    }
     out
 }
 
