@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use eddy_resilience::{CircuitBreaker, CircuitBreakerConfig};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use moka::notification::RemovalCause;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -741,46 +741,6 @@ impl<V> Drop for Unregister<'_, V> {
     }
 }
 
-/// A load, driven by the caller that started it. Dropped unfinished (the caller gave up
-/// or its wait ran out), it goes on on a task of its own, so nobody else waiting on it
-/// loses it.
-struct Lead(Option<futures::future::BoxFuture<'static, ()>>);
-
-impl Lead {
-    /// Runs the load on a task of its own from the start.
-    fn detach(mut self) {
-        if let Some(load) = self.0.take() {
-            tokio::spawn(load);
-        }
-    }
-}
-
-impl Future for Lead {
-    type Output = ();
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if let Some(load) = self.0.as_mut() {
-            std::task::ready!(load.as_mut().poll(cx));
-            self.0 = None;
-        }
-        std::task::Poll::Ready(())
-    }
-}
-
-impl Drop for Lead {
-    fn drop(&mut self) {
-        if let Some(load) = self.0.take() {
-            // Outside a runtime the load is dropped: its waiters hear it was abandoned.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(load);
-            }
-        }
-    }
-}
-
 /// Takes a flight out of the flight map when its load ends, however it ends.
 struct Landed<V> {
     inner: Arc<Inner<V>>,
@@ -833,8 +793,13 @@ where
             // a "not found" lives shorter): one TTL for all is free on the read path, where
             // a per-entry expiry cost a sixth of a hit. An entry whose own hard expiry
             // comes sooner is never served past it (`is_usable`) and is replaced by the
-            // load its next lookup starts.
-            .time_to_live(config.hard_ttl.max(config.negative_ttl))
+            // load its next lookup starts; until then (or until the weight bound evicts
+            // it) it holds its weight in L1.
+            .time_to_live(
+                config
+                    .hard_ttl
+                    .max(config.negative_ttl.mul_f64(1.0 + config.ttl_jitter)),
+            )
             .eviction_listener(move |_key, _value, cause| match cause {
                 RemovalCause::Size => evictions.evicted_size.increment(1),
                 RemovalCause::Expired => evictions.evicted_expired.increment(1),
@@ -911,8 +876,8 @@ where
     /// `loader` is called only when this lookup starts a load, before the load looks in
     /// L2: it may borrow, and should only gather what the load needs (clone a pool
     /// handle, own the key) into the future it returns, which does the work. A hit costs
-    /// nothing of it. The caller that starts a load drives it; if it gives up, the load
-    /// moves to a task of its own, so it never cancels a load others wait on.
+    /// nothing of it. The load runs on a task of its own, so a caller that gives up
+    /// never cancels a load others wait on.
     pub async fn get_or_load<F, Fut, E>(
         &self,
         key: &str,
@@ -935,14 +900,14 @@ where
                     inner.metrics.l1_negative.increment(1);
                 }
                 if found.wants_early_refresh(now, inner.config.early_refresh_beta) {
-                    // Nobody waits on an early refresh: it runs on a task of its own.
-                    if let (_, Some(lead)) = self.flight(key, loader, Some(found.clone()), true) {
-                        lead.detach();
-                    }
+                    // Nobody waits on an early refresh: the load runs on its own task.
+                    drop(self.flight(key, loader, Some(found.clone()), true));
                 }
                 return Ok(found.value.clone());
             }
-            Some(found) if found.is_usable(now) => {
+            // Off the hit path: the precise clock, so the caller's later check of the
+            // same entry (`wait`) cannot disagree with this one.
+            Some(found) if found.is_usable(now_ms()) => {
                 inner.metrics.l1_stale.increment(1);
                 Some(found)
             }
@@ -951,19 +916,18 @@ where
                 None
             }
         };
-        let (flight, lead) = self.flight(key, loader, stale.clone(), false);
-        // Boxed: the hit path above stays a small future, the load path's state machine
-        // is allocated only when it runs.
-        Box::pin(self.wait(key, flight, lead, stale)).await
+        let flight = self.flight(key, loader, stale.clone(), false);
+        // Boxed: the hit path above stays a small future, the wait's state machine is
+        // allocated only when it runs.
+        Box::pin(self.wait(key, flight, stale)).await
     }
 
-    /// A lookup that L1 did not answer: drives the key's load if it started it, and waits
-    /// for it (only `soft_timeout` when a stale value can answer instead).
+    /// A lookup that L1 did not answer: waits for the key's load (only `soft_timeout`
+    /// when a stale value can answer instead).
     async fn wait(
         &self,
         key: &str,
         mut flight: watch::Receiver<FlightResult<V>>,
-        mut lead: Option<Lead>,
         stale: Option<Arc<Entry<V>>>,
     ) -> Result<Option<V>, CacheError> {
         let inner = &self.inner;
@@ -976,15 +940,7 @@ where
                 + inner.config.load_timeout
                 + inner.config.l2_timeout * 10
         };
-        let waited = tokio::time::timeout(wait, async {
-            // The caller that started the load drives it itself (no hop to another task
-            // and back); if it stops waiting, the load goes on on a task of its own.
-            if let Some(lead) = lead.as_mut() {
-                lead.await;
-            }
-            flight.wait_for(Option::is_some).await
-        })
-        .await;
+        let waited = tokio::time::timeout(wait, flight.wait_for(Option::is_some)).await;
         let outcome = match &waited {
             Ok(Ok(result)) => match result.as_ref() {
                 Some(Ok(loaded)) => {
@@ -1026,15 +982,16 @@ where
         }
     }
 
-    /// Joins the load of `key` in progress, or starts one (calling `loader`): then the
-    /// load comes back too, for the caller to drive.
+    /// Joins the load of `key` in progress, or starts one (calling `loader`) on a task of
+    /// its own: it runs whether or not anyone still waits, and no caller has to keep
+    /// polling for the others to get their answer.
     fn flight<F, Fut, E>(
         &self,
         key: &str,
         loader: F,
         stale: Option<Arc<Entry<V>>>,
         early: bool,
-    ) -> (watch::Receiver<FlightResult<V>>, Option<Lead>)
+    ) -> watch::Receiver<FlightResult<V>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
@@ -1046,7 +1003,7 @@ where
                 self.inner.metrics.coalesced_local.increment(1);
                 bump(&self.inner.counts.coalesced);
             }
-            return (running.clone(), None);
+            return running.clone();
         }
         if early {
             self.inner.metrics.early_refreshes.increment(1);
@@ -1059,17 +1016,20 @@ where
             key: key.to_owned(),
             receiver: receiver.clone(),
         };
-        let load = loader();
-        let load = async move {
-            // A panicking loader abandons the load (its waiters are told so), as a
-            // panicking task would; it does not unwind into the caller driving it.
-            let fill = landed.inner.fill(&landed.key, load, stale, early);
-            if let Ok(result) = std::panic::AssertUnwindSafe(fill).catch_unwind().await {
-                let _ = sender.send(Some(result));
-            }
-            drop(landed);
+        // A loader that panics making its future abandons the load (dropping `landed`
+        // and `sender` tells the waiters so) instead of unwinding into the caller.
+        let Ok(load) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(loader)) else {
+            drop((landed, sender));
+            return receiver;
         };
-        (receiver, Some(Lead(Some(Box::pin(load)))))
+        tokio::spawn(async move {
+            // A loader panicking in its future ends the task: `sender` is dropped and the
+            // waiters hear the load was abandoned.
+            let result = landed.inner.fill(&landed.key, load, stale, early).await;
+            let _ = sender.send(Some(result));
+            drop(landed);
+        });
+        receiver
     }
 
     /// Puts `value` under `key` in both levels and drops it from every other node's L1.

@@ -516,6 +516,20 @@ async fn a_panicking_loader_is_an_error_for_its_callers_not_a_panic() {
         get(&cache, &store, "k").await.unwrap().as_deref(),
         Some("v1")
     );
+
+    // A loader that panics while making its future (before any await) is the same.
+    let making =
+        || -> futures::future::BoxFuture<'static, Result<Option<String>, std::io::Error>> {
+            panic!("a bug before the load's first await")
+        };
+    match cache.get_or_load("k2", making).await {
+        Err(CacheError::Abandoned { .. }) => {}
+        other => panic!("expected an abandoned load, got {other:?}"),
+    }
+    assert_eq!(
+        get(&cache, &store, "k2").await.unwrap().as_deref(),
+        Some("v1")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -167,6 +167,39 @@ async fn outcomes_pushed_out_of_the_window_by_its_size_bound_stop_counting() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn slow_calls_pushed_out_of_the_window_stop_counting() {
+    let breaker = CircuitBreaker::new(CircuitBreakerConfig {
+        name: "slow".into(),
+        window_calls_max: 4,
+        calls_min: 4,
+        slow_call: Duration::from_secs(1),
+        slow_call_rate_max: 0.75, // 3 slow calls of the last 4 open it
+        ..CircuitBreakerConfig::default()
+    });
+    let call = |slow: bool| {
+        let breaker = breaker.clone();
+        async move {
+            let permit = breaker.try_acquire().unwrap();
+            if slow {
+                tokio::time::advance(Duration::from_secs(2)).await;
+            }
+            permit.record(false);
+        }
+    };
+    // Window after each call: [s] [s s] [s s f] [s s f f] [s f f f] [f f f s] [f f s s]
+    for slow in [true, true, false, false, false, true, true] {
+        call(slow).await;
+        assert_eq!(breaker.state(), BreakerState::Closed, "at most 2 of 4 slow");
+    }
+    call(true).await; // [f s s s]
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Open,
+        "3 of the last 4 were slow"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn failures_spread_beyond_the_window_do_not_open_the_breaker() {
     let breaker = breaker(Duration::from_secs(30));
     for _ in 0..10 {
