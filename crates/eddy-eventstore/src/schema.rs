@@ -1,8 +1,9 @@
 //! The store's tables.
 //!
 //! - `eddy_es_streams` — each stream's current version; an append locks its row;
-//! - `eddy_es_sequence` — the next global position (one row); appends lock it until
-//!   they commit, so positions become visible in order;
+//! - `eddy_es_sequence` — the next global position and the last recorded time (one
+//!   row); appends lock it first and until they commit, so positions become visible in
+//!   order and recorded times never go back;
 //! - `eddy_es_events` — the events, by position, unique by (stream, version) and by
 //!   event id;
 //! - `eddy_es_snapshots` — aggregate states at some versions, with their format's version.
@@ -41,5 +42,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "eddy_es_0002_snapshots",
         sqlite: snapshots!("BLOB"),
         postgres: snapshots!("BYTEA"),
+    },
+    Migration {
+        name: "eddy_es_0003_recorded_clock",
+        sqlite: "ALTER TABLE eddy_es_sequence ADD COLUMN last_recorded_us BIGINT NOT NULL DEFAULT 0",
+        postgres: "ALTER TABLE eddy_es_sequence ADD COLUMN IF NOT EXISTS last_recorded_us BIGINT NOT NULL DEFAULT 0",
     },
 ];

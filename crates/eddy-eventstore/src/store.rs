@@ -58,7 +58,8 @@ pub struct Recorded {
     pub version: u64,
     /// Its place in the global sequence, from 1.
     pub position: u64,
-    /// When the store recorded it (its transaction's clock).
+    /// When the store recorded it: the appending process's clock when it appended (not
+    /// when it committed), never earlier than the append before it.
     pub recorded_at: OffsetDateTime,
     pub envelope: Envelope,
 }
@@ -131,28 +132,56 @@ impl EventStore {
         expected: Expected,
         events: &[Envelope],
     ) -> Result<Appended, AppendError> {
-        if let Some(existing) = self.already_in(tx, stream, events).await? {
-            return Ok(existing);
-        }
-        let count = i64::try_from(events.len()).map_err(|_| mismatch(stream, "too many events"))?;
-        let version = reserve_versions(tx, stream, expected, count).await?;
         if events.is_empty() {
+            // Nothing to write: only the check.
+            let version = i64::try_from(self.version_in(tx, stream).await?).unwrap_or(i64::MAX);
+            let matches = match expected {
+                Expected::Any => true,
+                Expected::NoStream => version == 0,
+                Expected::Exact(v) => to_i64(v) == version,
+            };
+            if !matches {
+                return Err(AppendError::Conflict {
+                    stream: stream.to_owned(),
+                    expected,
+                    actual: to_u64(version),
+                });
+            }
             return Ok(Appended {
                 version: to_u64(version),
                 first_position: 0,
                 already: false,
             });
         }
-        let next: i64 = sqlx::query_scalar(
-            "UPDATE eddy_es_sequence SET next_position = next_position + $1 WHERE id = 1 RETURNING next_position",
+        if let Some(existing) = self.already_in(tx, stream, events).await? {
+            return Ok(existing);
+        }
+        let count = i64::try_from(events.len()).map_err(|_| mismatch(stream, "too many events"))?;
+        // The sequence first, the stream second, in every append: two appends in one
+        // transaction cannot deadlock against another transaction's (SQLite's writers
+        // are serialised by BEGIN IMMEDIATE already).
+        if tx.backend() == eddy_sql::Backend::Postgres {
+            sqlx::query("SELECT next_position FROM eddy_es_sequence WHERE id = 1 FOR UPDATE")
+                .execute(tx.conn())
+                .await
+                .map_err(|e| classify("cannot lock the sequence", e))?;
+        }
+        let version = reserve_versions(tx, stream, expected, count).await?;
+        // Recorded times never go back, whatever the clocks of the processes appending:
+        // an append is stamped no earlier than the one before it, so what was recorded by
+        // a moment is a prefix of every stream.
+        let (next, recorded_at): (i64, i64) = sqlx::query_as(
+            "UPDATE eddy_es_sequence SET next_position = next_position + $1, \
+             last_recorded_us = CASE WHEN last_recorded_us > $2 THEN last_recorded_us ELSE $2 END \
+             WHERE id = 1 RETURNING next_position, last_recorded_us",
         )
         .bind(count)
+        .bind(to_micros(OffsetDateTime::now_utc()))
         .fetch_one(tx.conn())
         .await
         .map_err(|e| classify("cannot reserve positions", e))?;
         let first_position = next - count;
         let first_version = version - count + 1;
-        let recorded_at = to_micros(OffsetDateTime::now_utc());
         // Rows in chunks that stay under SQLite's bound on placeholders.
         for (chunk_index, chunk) in events.chunks(64).enumerate() {
             let mut sql = format!(
@@ -195,6 +224,16 @@ impl EventStore {
             sqlx::query_scalar("SELECT version FROM eddy_es_streams WHERE stream = $1")
                 .bind(stream)
                 .fetch_optional(self.db.pool())
+                .await
+                .map_err(|e| classify("cannot read a stream's version", e))?;
+        Ok(version.map_or(0, to_u64))
+    }
+
+    async fn version_in(&self, tx: &mut Tx, stream: &str) -> Result<u64, Error> {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM eddy_es_streams WHERE stream = $1")
+                .bind(stream)
+                .fetch_optional(tx.conn())
                 .await
                 .map_err(|e| classify("cannot read a stream's version", e))?;
         Ok(version.map_or(0, to_u64))

@@ -277,17 +277,19 @@ impl Aggregate for Tally {
     }
 }
 
-/// An older shape of the same state (format 1), as an old build would have kept it.
+/// The same shape kept by an old build in format 1 with other meanings: it decodes as a
+/// `Tally`, so only the format check keeps it out.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct TallyV1 {
-    total: u64,
+    count: u64,
+    sum: u64,
 }
 
 impl Aggregate for TallyV1 {
     const SNAPSHOT_VERSION: u32 = 1;
 
     fn apply(&mut self, _event: &Recorded) -> Result<(), Error> {
-        self.total += 1_000; // wrong on purpose: a state that must never be trusted
+        self.sum += 1_000; // wrong on purpose: a state that must never be trusted
         Ok(())
     }
 }
@@ -339,7 +341,7 @@ async fn an_aggregate_loads_from_its_nearest_snapshot_as_it_was_at_any_version()
         // A snapshot in an older format is not trusted: without an upcaster the loader
         // falls back to the newest one it can read (or the events alone).
         store
-            .save_snapshot("t", 95, &TallyV1 { total: 7 })
+            .save_snapshot("t", 95, &TallyV1 { count: 1, sum: 7 })
             .await
             .unwrap();
         let again = store.load::<Tally>("t", Until::End).await.unwrap();
@@ -347,6 +349,37 @@ async fn an_aggregate_loads_from_its_nearest_snapshot_as_it_was_at_any_version()
             (again.from_snapshot, again.state),
             (Some(90), tally_of(1..=95))
         );
+
+        // Two appends in one transaction, beside another transaction's append: no
+        // deadlock (the sequence is always locked before a stream).
+        let mut tx = store.db().begin().await.unwrap();
+        store
+            .append_in(&mut tx, "x", Expected::Any, &[event("x", 1)])
+            .await
+            .unwrap();
+        let other = tokio::spawn({
+            let store = store.clone();
+            async move { store.append("y", Expected::Any, &[event("y", 1)]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        store
+            .append_in(&mut tx, "y", Expected::Any, &[event("y", 2)])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        other.await.unwrap().unwrap();
+        assert_eq!(store.version("y").await.unwrap(), 2);
+
+        // An empty append checks and writes nothing (no stream at version 0 either).
+        store.append("e", Expected::NoStream, &[]).await.unwrap();
+        store
+            .append("e", Expected::NoStream, &[event("e", 1)])
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.append("e", Expected::Exact(5), &[]).await,
+            Err(AppendError::Conflict { actual: 1, .. })
+        ));
 
         // Loading from nothing at all gives the same state as from a snapshot.
         let fresh = EventStore::open(test_db.db().clone()).await.unwrap();
