@@ -134,7 +134,7 @@ impl EventStore {
     ) -> Result<Appended, AppendError> {
         if events.is_empty() {
             // Nothing to write: only the check.
-            let version = i64::try_from(self.version_in(tx, stream).await?).unwrap_or(i64::MAX);
+            let version = to_i64(stream_version(tx.conn(), stream).await?);
             let matches = match expected {
                 Expected::Any => true,
                 Expected::NoStream => version == 0,
@@ -220,23 +220,7 @@ impl EventStore {
 
     /// The stream's current version (0 when it does not exist).
     pub async fn version(&self, stream: &str) -> Result<u64, Error> {
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM eddy_es_streams WHERE stream = $1")
-                .bind(stream)
-                .fetch_optional(self.db.pool())
-                .await
-                .map_err(|e| classify("cannot read a stream's version", e))?;
-        Ok(version.map_or(0, to_u64))
-    }
-
-    async fn version_in(&self, tx: &mut Tx, stream: &str) -> Result<u64, Error> {
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM eddy_es_streams WHERE stream = $1")
-                .bind(stream)
-                .fetch_optional(tx.conn())
-                .await
-                .map_err(|e| classify("cannot read a stream's version", e))?;
-        Ok(version.map_or(0, to_u64))
+        stream_version(self.db.pool(), stream).await
     }
 
     /// Up to `max` events of `stream` from version `from` on (1 is the first), stopping
@@ -386,20 +370,26 @@ async fn reserve_versions(
     };
     match moved {
         Some(version) => Ok(version),
-        None => {
-            let actual: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM eddy_es_streams WHERE stream = $1")
-                    .bind(stream)
-                    .fetch_optional(tx.conn())
-                    .await
-                    .map_err(|e| classify("cannot read a stream's version", e))?;
-            Err(AppendError::Conflict {
-                stream: stream.to_owned(),
-                expected,
-                actual: actual.map_or(0, to_u64),
-            })
-        }
+        None => Err(AppendError::Conflict {
+            stream: stream.to_owned(),
+            expected,
+            actual: stream_version(tx.conn(), stream).await?,
+        }),
     }
+}
+
+/// A stream's version (0 when it does not exist), on the pool or in a transaction.
+async fn stream_version<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    stream: &str,
+) -> Result<u64, Error> {
+    let version: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM eddy_es_streams WHERE stream = $1")
+            .bind(stream)
+            .fetch_optional(executor)
+            .await
+            .map_err(|e| classify("cannot read a stream's version", e))?;
+    Ok(version.map_or(0, to_u64))
 }
 
 fn recorded(row: &AnyRow) -> Result<Recorded, Error> {

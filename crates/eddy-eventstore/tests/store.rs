@@ -350,8 +350,19 @@ async fn an_aggregate_loads_from_its_nearest_snapshot_as_it_was_at_any_version()
             (Some(90), tally_of(1..=95))
         );
 
-        // Two appends in one transaction, beside another transaction's append: no
-        // deadlock (the sequence is always locked before a stream).
+        // Loading from nothing at all gives the same state as from a snapshot.
+        let fresh = EventStore::open(test_db.db().clone()).await.unwrap();
+        let none = fresh.load::<Tally>("nothing", Until::End).await.unwrap();
+        assert_eq!((none.version, none.state), (0, Tally::default()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_appends_in_one_transaction_do_not_deadlock_against_another() {
+    // The sequence is always locked before a stream: a transaction appending to x then
+    // y, beside another appending to y, waits instead of deadlocking.
+    for test_db in both().await {
+        let store = EventStore::open(test_db.db().clone()).await.unwrap();
         let mut tx = store.db().begin().await.unwrap();
         store
             .append_in(&mut tx, "x", Expected::Any, &[event("x", 1)])
@@ -369,8 +380,14 @@ async fn an_aggregate_loads_from_its_nearest_snapshot_as_it_was_at_any_version()
         tx.commit().await.unwrap();
         other.await.unwrap().unwrap();
         assert_eq!(store.version("y").await.unwrap(), 2);
+    }
+}
 
-        // An empty append checks and writes nothing (no stream at version 0 either).
+#[tokio::test]
+async fn an_empty_append_checks_and_writes_nothing() {
+    // No stream at version 0 either: a later NoStream append still succeeds.
+    for test_db in both().await {
+        let store = EventStore::open(test_db.db().clone()).await.unwrap();
         store.append("e", Expected::NoStream, &[]).await.unwrap();
         store
             .append("e", Expected::NoStream, &[event("e", 1)])
@@ -380,10 +397,5 @@ async fn an_aggregate_loads_from_its_nearest_snapshot_as_it_was_at_any_version()
             store.append("e", Expected::Exact(5), &[]).await,
             Err(AppendError::Conflict { actual: 1, .. })
         ));
-
-        // Loading from nothing at all gives the same state as from a snapshot.
-        let fresh = EventStore::open(test_db.db().clone()).await.unwrap();
-        let none = fresh.load::<Tally>("nothing", Until::End).await.unwrap();
-        assert_eq!((none.version, none.state), (0, Tally::default()));
     }
 }
