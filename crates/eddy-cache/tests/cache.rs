@@ -22,6 +22,17 @@ fn config(name: &str) -> CacheConfig {
     }
 }
 
+/// For the backplane fault tests: a TTL long enough that only a lost backplane noticed
+/// (its ping every 200 ms) explains a fresh read.
+fn backplane_config(name: &str) -> CacheConfig {
+    CacheConfig {
+        ttl: Duration::from_secs(20), // the old value would live this long if trusted
+        ttl_jitter: 0.0,
+        backplane_ping: Duration::from_millis(200),
+        ..config(name)
+    }
+}
+
 /// A store whose value and failures the test sets, counting its loads.
 #[derive(Clone, Default)]
 struct Store {
@@ -222,12 +233,7 @@ async fn a_lost_backplane_makes_every_l1_entry_stale() {
     // A server of its own: killing subscriptions must not touch other tests'.
     let server = RedisServer::start();
     let url = server.url();
-    let config = CacheConfig {
-        ttl: Duration::from_secs(20), // the old value would live this long if trusted
-        ttl_jitter: 0.0,
-        backplane_ping: Duration::from_millis(200),
-        ..config("lost")
-    };
+    let config = backplane_config("lost");
     let a: Cache<String> = Cache::redis(config.clone(), &url).unwrap();
     let b: Cache<String> = Cache::redis(config, &url).unwrap();
     eventually(Duration::from_secs(5), || async {
@@ -539,12 +545,9 @@ async fn a_hung_backplane_is_found_by_its_ping_and_makes_l1_stale() {
     let server = RedisServer::start();
     let url = server.url();
     let config = CacheConfig {
-        ttl: Duration::from_secs(20), // the old value would live this long if trusted
-        ttl_jitter: 0.0,
-        backplane_ping: Duration::from_millis(200),
         l2_timeout: Duration::from_millis(200),
         soft_timeout: Duration::from_millis(50),
-        ..config("hung")
+        ..backplane_config("hung")
     };
     let cache: Cache<String> = Cache::redis(config, &url).unwrap();
     eventually(Duration::from_secs(5), || async {
