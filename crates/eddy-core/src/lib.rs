@@ -12,6 +12,8 @@
 //!   encoded payload; [`Headers`] with the reserved keys for deadlines and trace context.
 //! - [`event`] — the [`Event`] trait for typed events and the JSON codec that turns
 //!   them into envelopes and back.
+//! - [`upcast`] — older schema versions: [`Upcast`] steps an [`Event`] declares, the
+//!   start-up check for gaps, and [`NewerSchema`], the refusal of a version too new.
 //! - [`transport`] — how an envelope maps onto a broker's "headers + bytes" message,
 //!   shared by every adapter that has no columns of its own.
 //! - [`broker`] — [`Publisher`], [`Subscriber`] and [`Subscription`]: the two small
@@ -30,6 +32,7 @@ pub mod error;
 pub mod event;
 pub mod handler;
 pub mod transport;
+pub mod upcast;
 
 pub use backoff::Backoff;
 pub use broker::{Delivery, Message, Publisher, Subscriber, Subscription, Undecodable};
@@ -38,6 +41,7 @@ pub use envelope::{Envelope, EventId, Headers};
 pub use error::{Error, ErrorKind};
 pub use event::{Event, JsonCodec};
 pub use handler::{Handler, HandlerError};
+pub use upcast::{check_upcasts, NewerSchema, Upcast, UpcastGap};
 
 /// Re-exported so implementors of the async traits use the same macro version.
 pub use async_trait::async_trait;
