@@ -3,12 +3,13 @@
 
 use eddy_core::envelope::to_micros;
 use eddy_core::Error;
-use eddy_sql::classify;
+use eddy_sql::{classify, Tx};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sqlx::AnyConnection;
 use time::OffsetDateTime;
 
-use crate::store::{EventStore, Recorded, Until};
+use crate::store::{read_stream, EventStore, Recorded, Until};
 
 /// A state folded from a stream's events.
 pub trait Aggregate: Default + Serialize + DeserializeOwned + Send {
@@ -56,46 +57,25 @@ impl EventStore {
     /// had recorded at a moment), starting from the newest usable snapshot at or before
     /// that point.
     pub async fn load<A: Aggregate>(&self, stream: &str, until: Until) -> Result<Loaded<A>, Error> {
-        let last = match until {
-            Until::End => i64::MAX,
-            Until::Version(v) => i64::try_from(v).unwrap_or(i64::MAX),
-            Until::Time(t) => self.version_at(stream, t).await?,
-        };
-        // The newest few at or before that point: one this build cannot read (another
-        // format, no upcaster) gives way to an older one.
-        let snapshots: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT version, schema_version, state FROM eddy_es_snapshots WHERE stream = $1 AND version <= $2 ORDER BY version DESC LIMIT $3",
-        )
-        .bind(stream)
-        .bind(last)
-        .bind(SNAPSHOTS_TRIED)
-        .fetch_all(self.db().pool())
-        .await
-        .map_err(|e| classify("cannot read a snapshot", e))?;
-        let snapshot = snapshots.into_iter().find_map(usable::<A>);
-        let (mut state, mut version, from_snapshot) = match snapshot {
-            Some((state, version)) => (state, version, Some(version)),
-            None => (A::default(), 0, None),
-        };
-        let mut applied = 0;
-        let limit = Until::Version(u64::try_from(last).unwrap_or(u64::MAX));
-        loop {
-            let page = self.read_stream(stream, version + 1, limit, PAGE).await?;
-            for event in &page {
-                state.apply(event)?;
-                version = event.version;
-                applied += 1;
-            }
-            if page.len() < PAGE {
-                break;
-            }
-        }
-        Ok(Loaded {
-            state,
-            version,
-            from_snapshot,
-            applied,
-        })
+        let mut conn = self
+            .db()
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| classify("cannot connect to load an aggregate", e))?;
+        load(&mut conn, stream, until).await
+    }
+
+    /// [`EventStore::load`] inside the caller's transaction: it sees the transaction's
+    /// own appends, so a command can load, decide and append with `Exact(version)` in one
+    /// transaction (a handler in a batch of several for the same stream included).
+    pub async fn load_in<A: Aggregate>(
+        &self,
+        tx: &mut Tx,
+        stream: &str,
+        until: Until,
+    ) -> Result<Loaded<A>, Error> {
+        load(tx.conn(), stream, until).await
     }
 
     /// Keeps `loaded`'s state as a snapshot when `policy` says one is due: when at least
@@ -140,19 +120,6 @@ impl EventStore {
         .map_err(|e| classify("cannot save a snapshot", e))?;
         tx.commit().await
     }
-
-    /// The stream's version as the store had it at `at`.
-    async fn version_at(&self, stream: &str, at: OffsetDateTime) -> Result<i64, Error> {
-        let version: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(version) FROM eddy_es_events WHERE stream = $1 AND recorded_at_us <= $2",
-        )
-        .bind(stream)
-        .bind(to_micros(at))
-        .fetch_one(self.db().pool())
-        .await
-        .map_err(|e| classify("cannot read a stream's version", e))?;
-        Ok(version.unwrap_or(0))
-    }
 }
 
 /// A snapshot row decoded into the current format, or `None` to fold from the start.
@@ -166,4 +133,68 @@ fn usable<A: Aggregate>((version, format, bytes): (i64, i64, Vec<u8>)) -> Option
         serde_json::from_value(A::upcast_snapshot(format, value)?).ok()?
     };
     Some((state, version))
+}
+
+async fn load<A: Aggregate>(
+    conn: &mut AnyConnection,
+    stream: &str,
+    until: Until,
+) -> Result<Loaded<A>, Error> {
+    let last = match until {
+        Until::End => i64::MAX,
+        Until::Version(v) => i64::try_from(v).unwrap_or(i64::MAX),
+        Until::Time(t) => version_at(conn, stream, t).await?,
+    };
+    // The newest few at or before that point: one this build cannot read (another
+    // format, no upcaster) gives way to an older one.
+    let snapshots: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT version, schema_version, state FROM eddy_es_snapshots WHERE stream = $1 AND version <= $2 ORDER BY version DESC LIMIT $3",
+    )
+    .bind(stream)
+    .bind(last)
+    .bind(SNAPSHOTS_TRIED)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify("cannot read a snapshot", e))?;
+    let snapshot = snapshots.into_iter().find_map(usable::<A>);
+    let (mut state, mut version, from_snapshot) = match snapshot {
+        Some((state, version)) => (state, version, Some(version)),
+        None => (A::default(), 0, None),
+    };
+    let mut applied = 0;
+    let limit = Until::Version(u64::try_from(last).unwrap_or(u64::MAX));
+    loop {
+        let page = read_stream(&mut *conn, stream, version + 1, limit, PAGE).await?;
+        for event in &page {
+            state.apply(event)?;
+            version = event.version;
+            applied += 1;
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    Ok(Loaded {
+        state,
+        version,
+        from_snapshot,
+        applied,
+    })
+}
+
+/// The stream's version as the store had it at `at`.
+async fn version_at(
+    conn: &mut AnyConnection,
+    stream: &str,
+    at: OffsetDateTime,
+) -> Result<i64, Error> {
+    let version: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(version) FROM eddy_es_events WHERE stream = $1 AND recorded_at_us <= $2",
+    )
+    .bind(stream)
+    .bind(to_micros(at))
+    .fetch_one(conn)
+    .await
+    .map_err(|e| classify("cannot read a stream's version", e))?;
+    Ok(version.unwrap_or(0))
 }

@@ -23,11 +23,20 @@
 //! - **Snapshots**: [`EventStore::snapshot_if_due`] keeps an aggregate's state every N
 //!   events ([`SnapshotPolicy`]), tagged with its format's version; a snapshot of
 //!   another format is upcast by the aggregate or ignored (the events are the truth).
+//! - **Projections**: read models fed in global order with their checkpoint in the same
+//!   transaction as their writes, inline (in the appending transaction) or catching up
+//!   on their own, rebuilt into a new generation of tables and swapped in while the
+//!   live one serves ([`projection`]).
 
 mod aggregate;
+pub mod projection;
 mod schema;
 mod store;
 
 pub use aggregate::{Aggregate, Loaded, SnapshotPolicy};
+pub use projection::{Progress, Projection, Projector, ProjectorConfig, Status, Target};
 pub use schema::MIGRATIONS;
 pub use store::{AppendError, Appended, EventStore, Expected, Recorded, Until};
+
+/// The commit signal of appends (see [`eddy_sql::Tx::signal_on_commit`]).
+pub const SIGNAL: &str = "eddy_es";

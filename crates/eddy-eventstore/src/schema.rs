@@ -6,7 +6,11 @@
 //!   order and recorded times never go back;
 //! - `eddy_es_events` — the events, by position, unique by (stream, version) and by
 //!   event id;
-//! - `eddy_es_snapshots` — aggregate states at some versions, with their format's version.
+//! - `eddy_es_snapshots` — aggregate states at some versions, with their format's version;
+//! - `eddy_es_projections` — each projection's live generation of tables and the
+//!   position its checkpoint is at, and the position below which its events are a
+//!   replay (events stored before it was added);
+//! - `eddy_es_rebuilds` — a rebuild in progress: the generation it builds and how far.
 
 use eddy_sql::Migration;
 
@@ -32,6 +36,17 @@ macro_rules! snapshots {
     };
 }
 
+macro_rules! projections {
+    () => {
+        concat!(
+            "CREATE TABLE IF NOT EXISTS eddy_es_projections (name TEXT PRIMARY KEY, generation BIGINT NOT NULL, ",
+            "position BIGINT NOT NULL, replay_until BIGINT NOT NULL, updated_at_us BIGINT NOT NULL);",
+            "CREATE TABLE IF NOT EXISTS eddy_es_rebuilds (name TEXT PRIMARY KEY, generation BIGINT NOT NULL, ",
+            "position BIGINT NOT NULL, started_at_us BIGINT NOT NULL)",
+        )
+    };
+}
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         name: "eddy_es_0001_tables",
@@ -47,5 +62,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "eddy_es_0003_recorded_clock",
         sqlite: "ALTER TABLE eddy_es_sequence ADD COLUMN last_recorded_us BIGINT NOT NULL DEFAULT 0",
         postgres: "ALTER TABLE eddy_es_sequence ADD COLUMN IF NOT EXISTS last_recorded_us BIGINT NOT NULL DEFAULT 0",
+    },
+    Migration {
+        name: "eddy_es_0004_projections",
+        sqlite: projections!(),
+        postgres: projections!(),
     },
 ];

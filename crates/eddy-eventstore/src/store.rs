@@ -211,6 +211,7 @@ impl EventStore {
                 .await
                 .map_err(|e| classify("cannot append events", e))?;
         }
+        tx.signal_on_commit(crate::SIGNAL).await?;
         Ok(Appended {
             version: to_u64(version),
             first_position: to_u64(first_position),
@@ -232,38 +233,20 @@ impl EventStore {
         until: Until,
         max: usize,
     ) -> Result<Vec<Recorded>, Error> {
-        let (limit_version, limit_time) = match until {
-            Until::End => (i64::MAX, i64::MAX),
-            Until::Version(v) => (to_i64(v), i64::MAX),
-            Until::Time(t) => (i64::MAX, to_micros(t)),
-        };
-        let rows = sqlx::query(&format!(
-            "{SELECT}{COLUMNS} FROM eddy_es_events WHERE stream = $1 AND version >= $2 AND version <= $3 AND recorded_at_us <= $4 ORDER BY version LIMIT $5"
-        ))
-        .bind(stream)
-        .bind(to_i64(from))
-        .bind(limit_version)
-        .bind(limit_time)
-        .bind(to_i64(max as u64))
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(|e| classify("cannot read a stream", e))?;
-        rows.iter().map(recorded).collect()
+        read_stream(self.db.pool(), stream, from, until, max).await
     }
 
     /// Up to `max` events of every stream after global position `after` (0: from the
     /// start), in position order. A follower that passes the last position it saw never
     /// misses an event committed later (see the crate's documentation).
     pub async fn read_all(&self, after: u64, max: usize) -> Result<Vec<Recorded>, Error> {
-        let rows = sqlx::query(&format!(
-            "{SELECT}{COLUMNS} FROM eddy_es_events WHERE position > $1 ORDER BY position LIMIT $2"
-        ))
-        .bind(to_i64(after))
-        .bind(to_i64(max as u64))
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(|e| classify("cannot read events", e))?;
-        rows.iter().map(recorded).collect()
+        read_all(self.db.pool(), after, max).await
+    }
+
+    /// The last global position taken (0: no events yet). An append still open may
+    /// hold positions above it.
+    pub async fn head(&self) -> Result<u64, Error> {
+        head(self.db.pool()).await
     }
 
     /// Where `events` already are, if every one of them is in `stream` at consecutive
@@ -376,6 +359,61 @@ async fn reserve_versions(
             actual: stream_version(tx.conn(), stream).await?,
         }),
     }
+}
+
+/// See [`EventStore::read_stream`]; on the pool or in a transaction.
+pub(crate) async fn read_stream<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    stream: &str,
+    from: u64,
+    until: Until,
+    max: usize,
+) -> Result<Vec<Recorded>, Error> {
+    let (limit_version, limit_time) = match until {
+        Until::End => (i64::MAX, i64::MAX),
+        Until::Version(v) => (to_i64(v), i64::MAX),
+        Until::Time(t) => (i64::MAX, to_micros(t)),
+    };
+    let rows = sqlx::query(&format!(
+        "{SELECT}{COLUMNS} FROM eddy_es_events WHERE stream = $1 AND version >= $2 AND version <= $3 AND recorded_at_us <= $4 ORDER BY version LIMIT $5"
+    ))
+    .bind(stream)
+    .bind(to_i64(from))
+    .bind(limit_version)
+    .bind(limit_time)
+    .bind(to_i64(max as u64))
+    .fetch_all(executor)
+    .await
+    .map_err(|e| classify("cannot read a stream", e))?;
+    rows.iter().map(recorded).collect()
+}
+
+/// See [`EventStore::read_all`]; on the pool or in a transaction.
+pub(crate) async fn read_all<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    after: u64,
+    max: usize,
+) -> Result<Vec<Recorded>, Error> {
+    let rows = sqlx::query(&format!(
+        "{SELECT}{COLUMNS} FROM eddy_es_events WHERE position > $1 ORDER BY position LIMIT $2"
+    ))
+    .bind(to_i64(after))
+    .bind(to_i64(max as u64))
+    .fetch_all(executor)
+    .await
+    .map_err(|e| classify("cannot read events", e))?;
+    rows.iter().map(recorded).collect()
+}
+
+/// See [`EventStore::head`].
+pub(crate) async fn head<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+) -> Result<u64, Error> {
+    let next: i64 = sqlx::query_scalar("SELECT next_position FROM eddy_es_sequence WHERE id = 1")
+        .fetch_one(executor)
+        .await
+        .map_err(|e| classify("cannot read the global position", e))?;
+    Ok(to_u64(next - 1))
 }
 
 /// A stream's version (0 when it does not exist), on the pool or in a transaction.
