@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::dead_letter::{dead_letter, Failure};
+use crate::dead_letter::{dead_letter, failure_kind, Failure, KIND_NEWER_SCHEMA};
 use crate::decision::{decide, Decision};
 use crate::keys::{self, KeyQueues};
 use crate::tracker::OffsetTracker;
@@ -552,9 +552,15 @@ pub(crate) async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
             Decision::DeadLetter => {
                 let now = shared.clock.now();
                 tracing::warn!(event_id = %envelope.id, event_type = %envelope.event_type, attempt, %error, "message failed; dead-lettering");
+                let kind = failure_kind(&error, kind);
+                if kind == KIND_NEWER_SCHEMA {
+                    // Never handled, so the handler's own count (`Timed`) did not see it.
+                    metrics::counter!("events_failed_total", "consumer" => shared.group.clone(), "event_type" => envelope.event_type.clone(), "kind" => KIND_NEWER_SCHEMA)
+                        .increment(1);
+                }
                 let failure = Failure {
                     error: error.to_string(),
-                    kind: kind.to_string(),
+                    kind,
                     attempts: attempt,
                     first_at: *first_failure.get_or_insert(now),
                     last_at: now,

@@ -8,7 +8,9 @@
 //! duplicate window. Derived, not random, so the same group dead-lettering the same
 //! event twice (redelivered after a crash) is still deduplicated.
 
-use eddy_core::{Delivery, Envelope, EventId, Message, OffsetDateTime};
+use eddy_core::{
+    Delivery, Envelope, ErrorKind, EventId, HandlerError, Message, NewerSchema, OffsetDateTime,
+};
 
 pub const ERROR: &str = "eddy-dlq-error";
 pub const ERROR_KIND: &str = "eddy-dlq-error-kind";
@@ -23,6 +25,21 @@ pub const LAST_FAILURE_AT: &str = "eddy-dlq-last-failure-at";
 pub const ORIGINAL_ID: &str = "eddy-dlq-original-id";
 /// Event type given to messages that could not be read as an envelope at all.
 pub const UNDECODABLE_TYPE: &str = "eddy.Undecodable";
+
+/// The [`ERROR_KIND`] of an event whose schema version is newer than the consumer's
+/// type knows: permanent for this consumer, but not poison — a consumer upgraded to
+/// the new version can take it (redrive it then).
+pub const KIND_NEWER_SCHEMA: &str = "newer-schema";
+
+/// The [`ERROR_KIND`] of a dead letter: [`KIND_NEWER_SCHEMA`] when `error` is the refusal
+/// of a newer schema version, otherwise `kind` (`permanent`, `transient`).
+pub fn failure_kind(error: &HandlerError, kind: ErrorKind) -> String {
+    if NewerSchema::find(error).is_some() {
+        KIND_NEWER_SCHEMA.to_owned()
+    } else {
+        kind.to_string()
+    }
+}
 
 /// Longest error text kept; errors can carry whole payloads.
 pub const ERROR_LEN_MAX: usize = 4096;

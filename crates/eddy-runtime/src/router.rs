@@ -5,7 +5,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use eddy_core::{Envelope, Event, Handler, HandlerError, JsonCodec};
+use eddy_core::{check_upcasts, Envelope, Event, Handler, HandlerError, JsonCodec};
 use futures::future::BoxFuture;
 
 /// A handler with its event type erased, so one router holds handlers of many types.
@@ -21,7 +21,8 @@ struct Typed<E, H> {
 impl<E: Event, H: Handler<E>> Route for Typed<E, H> {
     fn call<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            // A payload that does not decode is poison: retrying will not help.
+            // A payload that does not decode is poison: retrying will not help. Nor will
+            // one of a schema version newer than `E` knows, which decoding refuses.
             let event = JsonCodec::decode::<E>(envelope).map_err(HandlerError::from)?;
             self.handler.handle(event, envelope).await
         })
@@ -54,8 +55,15 @@ impl Router {
     ///
     /// # Panics
     /// If `E::TYPE` already has a handler: two handlers for one type in one consumer is
-    /// a wiring mistake, caught at start-up.
+    /// a wiring mistake, caught at start-up. Likewise if `E`'s upcasters leave a gap
+    /// ([`check_upcasts`]): a stored event of the missing version could never be read.
     pub fn route<E: Event, H: Handler<E>>(mut self, handler: H) -> Self {
+        if let Err(gap) = check_upcasts::<E>() {
+            panic!(
+                "event type {} routed with a gap in its upcasters: {gap}",
+                E::TYPE
+            );
+        }
         let previous = self.routes.insert(
             E::TYPE,
             Arc::new(Typed {

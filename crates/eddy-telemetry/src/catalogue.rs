@@ -66,7 +66,7 @@ pub const METRICS: &[MetricDoc] = &[
     doc("events_skipped_total", Kind::Counter, &["consumer", "topic", "event_type"],
         "Events a consumer committed without handling because it has no handler for their type (at most 64 types are counted by name)."),
     doc("events_failed_total", Kind::Counter, &["consumer", "event_type", "kind"],
-        "Handler attempts that failed, by error kind (`transient`, `permanent`, `unavailable`); retried ones count once per attempt."),
+        "Handler attempts that failed, by error kind (`transient`, `permanent`, `unavailable`); retried ones count once per attempt. Kind `newer-schema` counts events refused before any handler because their schema version is newer than the consumer knows (each dead-lettered as such)."),
     doc("event_processing_duration_seconds", Kind::Histogram, &["consumer", "event_type"],
         "Time a handler took per event, in seconds."),
     doc("consumer_fetch_failures_total", Kind::Counter, &["consumer", "topic"],
