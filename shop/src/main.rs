@@ -41,6 +41,9 @@ enum Command {
     Token(TokenArgs),
     /// Run the five services, the provider and the gateway as supervised processes.
     Up(shop::up::UpArgs),
+    /// Check the events' schemas against the snapshots in shop/schemas, or write them.
+    #[command(subcommand)]
+    Schemas(shop::contracts::schemas::SchemasCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -117,6 +120,7 @@ async fn main() {
         Command::Provider(args) => provider(args).await,
         Command::Gateway(args) => gateway(args).await,
         Command::Token(args) => token(args),
+        Command::Schemas(command) => shop::contracts::schemas::run(command),
         Command::Up(args) => {
             let stop = tokio_util::sync::CancellationToken::new();
             let signalled = stop.clone();

@@ -6,6 +6,7 @@
 //! default; a breaking change is a new `SCHEMA_VERSION` with an upcaster.
 
 use eddy_core::Event;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub const CATALOG_TOPIC: &str = "catalog";
@@ -15,6 +16,7 @@ pub const PAYMENTS_TOPIC: &str = "payments";
 /// Every topic of the platform (each has its `<topic>.dlq`).
 pub const TOPICS: [&str; 4] = [CATALOG_TOPIC, ORDERS_TOPIC, INVENTORY_TOPIC, PAYMENTS_TOPIC];
 
+pub mod schemas;
 pub mod values;
 
 /// A product was created or changed. `stock`, when present, is the figure an operator
@@ -22,7 +24,7 @@ pub mod values;
 /// inventory applies the difference, so reservations in flight are kept (an absolute
 /// figure would overwrite them: stock 5, reserve 2, set 5, cancel → 7). Events from
 /// before `stock_delta` carry only `stock`, which inventory then sets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductUpserted {
     pub product_id: String,
     pub sku: String,
@@ -42,14 +44,14 @@ impl Event for ProductUpserted {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderLine {
     pub product_id: String,
     pub quantity: i64,
     pub unit_price_cents: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderPlaced {
     pub order_id: String,
     pub customer_id: String,
@@ -65,7 +67,7 @@ impl Event for OrderPlaced {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderConfirmed {
     pub order_id: String,
     pub customer_id: String,
@@ -80,7 +82,7 @@ impl Event for OrderConfirmed {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCancelled {
     pub order_id: String,
     pub customer_id: String,
@@ -94,7 +96,7 @@ impl Event for OrderCancelled {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StockReserved {
     pub order_id: String,
     pub customer_id: String,
@@ -109,7 +111,7 @@ impl Event for StockReserved {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StockRejected {
     pub order_id: String,
     /// The first product that lacked stock (or that inventory never heard of).
@@ -129,7 +131,7 @@ impl Event for StockRejected {
 
 /// The available quantity of a product changed. `version` grows with every change, so
 /// a reader can ignore an older value that arrives late.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StockChanged {
     pub product_id: String,
     pub available: i64,
@@ -143,7 +145,7 @@ impl Event for StockChanged {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentCaptured {
     pub order_id: String,
     pub charge_id: String,
@@ -157,7 +159,7 @@ impl Event for PaymentCaptured {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentDeclined {
     pub order_id: String,
     pub charge_id: String,
@@ -174,7 +176,7 @@ impl Event for PaymentDeclined {
 
 /// A captured charge was refunded because its order was cancelled (it timed out while
 /// the payment went through).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentRefunded {
     pub order_id: String,
     pub charge_id: String,
