@@ -8,10 +8,12 @@
 use std::path::Path;
 use std::process::Command;
 
+use eddy_core::{Event, JsonCodec};
 use eddy_schema::{check_snapshots, missing_samples, read_samples, EventSchema, Finding, Rule};
 use shop::contracts::schemas::{
     check, decode_contract, event_schemas, SAMPLES_DIR, SCHEMAS_DIR, WRITE_COMMAND,
 };
+use shop::contracts::StockRejected;
 
 #[test]
 fn the_contracts_match_their_committed_snapshots() {
@@ -187,4 +189,19 @@ fn the_snapshot_check_covers_every_sampled_type() {
             .any(|f| matches!(f, Finding::UpcastGap(_))),
         "{report}"
     );
+}
+
+#[test]
+fn a_stock_rejected_stored_without_a_reason_reads_as_out_of_stock() {
+    let samples = read_samples(Path::new(SAMPLES_DIR)).unwrap();
+    let oldest = samples
+        .iter()
+        .find(|s| s.event_type == StockRejected::TYPE && s.schema_version == 1)
+        .unwrap();
+    assert!(
+        oldest.payload.get("reason").is_none(),
+        "the sample is the old shape"
+    );
+    let rejected: StockRejected = JsonCodec::decode(&oldest.envelope()).unwrap();
+    assert_eq!(rejected.reason, "out_of_stock");
 }

@@ -5,9 +5,11 @@
 //! the rules in `docs/`: never remove or retype a field; new fields are optional with a
 //! default; a breaking change is a new `SCHEMA_VERSION` with an upcaster.
 
-use eddy_core::Event;
+use eddy_core::upcast::UpcastResult;
+use eddy_core::{Event, Upcast};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub const CATALOG_TOPIC: &str = "catalog";
 pub const ORDERS_TOPIC: &str = "orders";
@@ -111,22 +113,36 @@ impl Event for StockReserved {
     }
 }
 
+/// Inventory could not reserve an order's stock. Version 2 requires `reason`; version 1
+/// had it optional, absent in events from before the field, which meant out of stock
+/// (its upcaster says so).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StockRejected {
     pub order_id: String,
     /// The first product that lacked stock (or that inventory never heard of).
     pub product_id: String,
-    /// Why: `out_of_stock` (also when absent, as in events from before the field) or
-    /// `unknown_product`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    /// Why: `out_of_stock` or `unknown_product`.
+    pub reason: String,
 }
 
 impl Event for StockRejected {
     const TYPE: &'static str = "inventory.StockRejected";
+    const SCHEMA_VERSION: u32 = 2;
+    const UPCASTS: &'static [Upcast] = &[Upcast::new(1, stock_rejected_reason_required)];
     fn key(&self) -> String {
         self.order_id.clone()
     }
+}
+
+/// `StockRejected` 1 → 2: a missing (or null) `reason` was `out_of_stock`.
+fn stock_rejected_reason_required(mut payload: Value) -> UpcastResult {
+    let fields = payload
+        .as_object_mut()
+        .ok_or("a StockRejected payload is an object")?;
+    if fields.get("reason").is_none_or(Value::is_null) {
+        fields.insert("reason".to_owned(), Value::from("out_of_stock"));
+    }
+    Ok(payload)
 }
 
 /// The available quantity of a product changed. `version` grows with every change, so
@@ -187,5 +203,44 @@ impl Event for PaymentRefunded {
     const TYPE: &'static str = "payments.PaymentRefunded";
     fn key(&self) -> String {
         self.order_id.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use eddy_core::{Envelope, JsonCodec, OffsetDateTime};
+    use serde_json::json;
+
+    use super::*;
+
+    fn stock_rejected(version: u32, payload: Value) -> Result<StockRejected, eddy_core::Error> {
+        let envelope = Envelope::new(
+            StockRejected::TYPE,
+            version,
+            "o-1",
+            payload.to_string().into_bytes(),
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        JsonCodec::decode(&envelope)
+    }
+
+    #[test]
+    fn a_version_1_stock_rejected_without_a_reason_was_out_of_stock() {
+        for v1 in [
+            json!({"order_id": "o-1", "product_id": "p-1"}),
+            json!({"order_id": "o-1", "product_id": "p-1", "reason": null}),
+        ] {
+            assert_eq!(stock_rejected(1, v1).unwrap().reason, "out_of_stock");
+        }
+        let with_reason =
+            json!({"order_id": "o-1", "product_id": "p-1", "reason": "unknown_product"});
+        assert_eq!(
+            stock_rejected(1, with_reason).unwrap().reason,
+            "unknown_product"
+        );
+        assert!(
+            stock_rejected(2, json!({"order_id": "o-1", "product_id": "p-1"})).is_err(),
+            "version 2 requires it"
+        );
     }
 }

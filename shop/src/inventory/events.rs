@@ -69,7 +69,7 @@ impl Inventory {
         let rejected = StockRejected {
             order_id,
             product_id,
-            reason: Some(reason.to_owned()),
+            reason: reason.to_owned(),
         };
         self.service
             .emit(tx, INVENTORY_TOPIC, &rejected, Some(cause))

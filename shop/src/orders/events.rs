@@ -119,11 +119,8 @@ impl TxHandler<StockRejected> for Settle {
         envelope: &Envelope,
         tx: &mut Tx,
     ) -> Result<(), HandlerError> {
-        // Events from before the field was added meant out of stock.
-        let reason = event
-            .reason
-            .as_deref()
-            .map_or(CancelReason::OutOfStock, CancelReason::parse);
+        // Version 1 events without a reason are upcast to `out_of_stock`.
+        let reason = CancelReason::parse(&event.reason);
         self.settle(
             tx,
             &event.order_id,
