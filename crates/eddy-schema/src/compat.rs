@@ -344,7 +344,7 @@ impl<'a> Shape<'a> {
             return;
         }
         if !others.is_empty() {
-            self.union = Some(others.iter().map(|o| o.describe_with_null()).collect());
+            self.union = Some(others.iter().map(Shape::describe_plain).collect());
         }
     }
 
@@ -353,10 +353,7 @@ impl<'a> Shape<'a> {
         if let Some(union) = &self.union {
             return match &old.union {
                 Some(old_union) => old_union.is_subset(union),
-                None => {
-                    union.contains(&old.describe_with_null())
-                        || union.contains(&format!("{} or null", old.describe_with_null()))
-                }
+                None => union.contains(&old.describe_plain()),
             };
         }
         if old.union.is_some() {
@@ -417,11 +414,16 @@ impl<'a> Shape<'a> {
         }
     }
 
-    fn describe_with_null(&self) -> String {
-        let mut text = self.base();
-        if let Some(format) = self.format {
-            text = format!("{text} ({format})");
+    /// Types (or values) and format, nullability aside.
+    fn describe_plain(&self) -> String {
+        match self.format {
+            Some(format) => format!("{} ({format})", self.base()),
+            None => self.base(),
         }
+    }
+
+    fn describe_with_null(&self) -> String {
+        let mut text = self.describe_plain();
         if self.nullable {
             text.push_str(" or null");
         }

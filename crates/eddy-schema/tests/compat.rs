@@ -319,3 +319,56 @@ fn a_payload_that_is_no_longer_an_object_is_named_as_the_payload() {
         "orders.OrderPlaced v1: the payload retyped from object to array (rule: never remove or retype a field)"
     );
 }
+
+mod unions {
+    use super::*;
+
+    #[derive(JsonSchema)]
+    pub enum Payment {
+        Cash,
+        Card { last4: String },
+    }
+    #[derive(JsonSchema)]
+    pub struct Paid {
+        pub payment: Payment,
+    }
+
+    pub mod more {
+        use super::*;
+        #[derive(JsonSchema)]
+        pub enum Payment {
+            Cash,
+            Card { last4: String },
+            Voucher(String),
+        }
+        #[derive(JsonSchema)]
+        pub struct Paid {
+            pub payment: Payment,
+        }
+    }
+
+    pub mod fewer {
+        use super::*;
+        #[derive(JsonSchema)]
+        pub enum Payment {
+            Card { last4: String },
+        }
+        #[derive(JsonSchema)]
+        pub struct Paid {
+            pub payment: Payment,
+        }
+    }
+}
+
+#[test]
+fn an_enum_with_data_may_gain_variants_but_not_lose_them() {
+    let old = schema_of::<unions::Paid>();
+    assert_eq!(
+        check("t.Paid", 1, &old, &schema_of::<unions::more::Paid>()),
+        vec![]
+    );
+    let found = check("t.Paid", 1, &old, &schema_of::<unions::fewer::Paid>());
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].path, "payment");
+    assert_eq!(found[0].rule(), Rule::NeverRemoveOrRetype);
+}
