@@ -86,6 +86,9 @@ async fn an_older_version_is_upcast_and_a_newer_one_is_dead_lettered_as_newer_sc
     ];
     log.publish("inventory", &events).await.unwrap();
 
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
     let recorder = Recorder::default();
     let consumer = Consumer::new(
         "inventory",
@@ -139,6 +142,13 @@ async fn an_older_version_is_upcast_and_a_newer_one_is_dead_lettered_as_newer_sc
         "{error}"
     );
     assert_eq!(letter.headers.get(dead_letter::ATTEMPTS), Some("1"));
+    let exported = metrics.render();
+    assert!(
+        exported.contains(
+            r#"events_failed_total{consumer="orders",event_type="test.Rejected",kind="newer-schema"} 1"#
+        ),
+        "{exported}"
+    );
 }
 
 /// Version 3 without an upcaster from version 2.
