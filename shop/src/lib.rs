@@ -44,6 +44,7 @@ pub mod orders;
 pub mod payments;
 pub mod platform;
 pub mod problem;
+pub mod projections;
 pub mod provider;
 pub mod service;
 pub mod up;

@@ -41,6 +41,8 @@ enum Command {
     Token(TokenArgs),
     /// Run the five services, the provider and the gateway as supervised processes.
     Up(shop::up::UpArgs),
+    /// Projections (orders' views): status, and rebuilds while the platform serves.
+    Projections(shop::projections::ProjectionsArgs),
     /// Check the events' schemas against the snapshots in shop/schemas, or write them.
     #[command(subcommand)]
     Schemas(shop::contracts::schemas::SchemasCommand),
@@ -120,6 +122,7 @@ async fn main() {
         Command::Provider(args) => provider(args).await,
         Command::Gateway(args) => gateway(args).await,
         Command::Token(args) => token(args),
+        Command::Projections(args) => shop::projections::run(args).await,
         Command::Schemas(command) => shop::contracts::schemas::run(command),
         Command::Up(args) => {
             let stop = tokio_util::sync::CancellationToken::new();

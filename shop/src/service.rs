@@ -105,13 +105,23 @@ impl ServiceDb {
         event: &E,
         cause: Option<&Envelope>,
     ) -> Result<(), eddy_core::Error> {
-        let mut envelope = JsonCodec::encode(event, self.clock.as_ref())?;
-        if let Some(cause) = cause {
-            envelope = envelope.caused_by(cause);
-        }
+        let envelope = self.envelope(event, cause)?;
         self.outbox
             .append(tx, topic, std::slice::from_ref(&envelope))
             .await
+    }
+
+    /// `event` in a new envelope occurring now, as caused by `cause`, if any.
+    pub fn envelope<E: Event>(
+        &self,
+        event: &E,
+        cause: Option<&Envelope>,
+    ) -> Result<Envelope, eddy_core::Error> {
+        let envelope = JsonCodec::encode(event, self.clock.as_ref())?;
+        Ok(match cause {
+            Some(cause) => envelope.caused_by(cause),
+            None => envelope,
+        })
     }
 
     /// Now, by the service's clock.

@@ -27,6 +27,17 @@ fn hits(metrics: &str, cache: &str) -> f64 {
         .sum()
 }
 
+/// The sum of the `prefix` series of `cache` whose labels include `label`.
+fn counter(metrics: &str, prefix: &str, cache: &str, label: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with(prefix) && l.contains(&format!("cache=\"{cache}\"")) && l.contains(label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_come_from_the_cache_and_every_change_reaches_them_at_once() {
     let redis_url = eddy_testkit::redis::redis_url();
@@ -37,10 +48,29 @@ async fn reads_come_from_the_cache_and_every_change_reaches_them_at_once() {
         c.cache.products_ttl_secs = 3600;
         c.cache.orders_ttl_secs = 3600;
         c.cache.stale_max_secs = 7200;
+        // Slow enough that the order below is read (and cached) while still pending.
+        c.provider.latency_ms = 300;
     })
     .await;
     let product = app.product(500, 10).await;
     let path = format!("/v1/products/{product}");
+    assert_eq!(app.get_json(&path).await.1["price_cents"], 500);
+    // Inventory answers the product's creation with its stock (`StockChanged`), which
+    // invalidates the product once, a moment later: wait for that first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(
+        &app.metrics().await,
+        "cache_invalidations_total{",
+        "products",
+        "source=\"event\"",
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stock event never invalidated the product"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(app.get_json(&path).await.1["price_cents"], 500);
     let before = hits(&app.metrics().await, "products");
     for _ in 0..5 {

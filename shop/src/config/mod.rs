@@ -329,7 +329,7 @@ impl Config {
     }
 
     /// Settings where 0 would stall or refuse everything.
-    fn positive_settings(&self) -> [(&'static str, u64); 33] {
+    fn positive_settings(&self) -> [(&'static str, u64); 34] {
         let size = |n: usize| n as u64;
         [
             (
@@ -341,6 +341,10 @@ impl Config {
                 size(self.server.concurrency_limit),
             ),
             ("server.request_timeout_ms", self.server.request_timeout_ms),
+            (
+                "orders.projection_batch_len_max",
+                size(self.orders.projection_batch_len_max),
+            ),
             (
                 "server.ready_check_timeout_ms",
                 self.server.ready_check_timeout_ms,

@@ -185,12 +185,16 @@ pub struct OrdersConfig {
     /// an order whose events were dead-lettered. Must exceed
     /// `payments.reconcile_after_secs` plus two sweeps. Default 600 s.
     pub pending_timeout_secs: u64,
+    /// Events per transaction when the order views catch up or are rebuilt
+    /// (`shop projections rebuild`). Default 500.
+    pub projection_batch_len_max: usize,
 }
 
 impl Default for OrdersConfig {
     fn default() -> Self {
         Self {
             pending_timeout_secs: 600,
+            projection_batch_len_max: 500,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! What orders publishes (`OrderPlaced`, `OrderConfirmed`, `OrderCancelled` on `orders`)
-//! and consumes: the catalog's products (its price copy), inventory's rejections and
-//! payments' outcomes.
+//! and consumes: the catalog's products (its price copy), inventory's reservations and
+//! rejections and payments' outcomes (recorded in the order's stream).
 
 use std::sync::Arc;
 
@@ -8,13 +8,14 @@ use eddy_core::{async_trait, Envelope, HandlerError};
 use eddy_sql::{Tx, TxHandler};
 
 use super::domain::{CancelReason, Outcome, PricedOrder};
+use super::ledger::Ledger;
 use super::store;
 use crate::contracts::values::{OrderId, Timestamp};
 use crate::contracts::{
-    OrderCancelled, OrderConfirmed, OrderLine, OrderPlaced, PaymentCaptured, PaymentDeclined,
-    ProductUpserted, StockRejected, CATALOG_TOPIC, INVENTORY_TOPIC, ORDERS_TOPIC, PAYMENTS_TOPIC,
+    OrderLine, OrderPlaced, PaymentCaptured, PaymentDeclined, ProductUpserted, StockRejected,
+    StockReserved, CATALOG_TOPIC, INVENTORY_TOPIC, PAYMENTS_TOPIC,
 };
-use crate::service::{ServiceContext, ServiceDb, Subscription, Sweep};
+use crate::service::{ServiceContext, Subscription, Sweep};
 
 /// The announcement of a placed order.
 pub fn placed(id: &OrderId, order: &PricedOrder) -> OrderPlaced {
@@ -61,11 +62,12 @@ impl TxHandler<ProductUpserted> for OnProductUpserted {
     }
 }
 
-/// Confirms or cancels a pending order, announcing the outcome. A settled order stays
-/// as it is (a late or repeated outcome changes nothing).
+/// Records in an order's stream what inventory and payments announced about it and
+/// confirms or cancels it when pending, announcing the outcome. A settled order stays as
+/// it is (a late or repeated outcome changes nothing but its history).
 #[derive(Debug, Clone)]
 pub struct Settle {
-    pub service: ServiceDb,
+    pub ledger: Ledger,
     /// The order's cached view, dropped once a settlement commits.
     pub orders: Option<eddy_cache::Cache<super::http::OrderView>>,
 }
@@ -75,39 +77,31 @@ impl Settle {
         &self,
         tx: &mut Tx,
         order_id: &str,
-        outcome: Outcome,
+        outcome: Option<Outcome>,
         cause: Option<&Envelope>,
     ) -> Result<(), HandlerError> {
-        let Some(settled) = store::settle(tx, order_id, &outcome, self.service.now()).await? else {
-            return Ok(());
-        };
-        crate::platform::cache::invalidate_on_commit(
-            &self.orders,
-            tx,
-            order_id,
-            eddy_cache::Source::Write,
-        );
-        let order_id = order_id.to_owned();
-        match outcome {
-            Outcome::Confirmed => {
-                let event = OrderConfirmed {
-                    order_id,
-                    customer_id: settled.customer_id,
-                    total_cents: settled.total_cents,
-                    currency: settled.currency,
-                };
-                self.service.emit(tx, ORDERS_TOPIC, &event, cause).await?;
-            }
-            Outcome::Cancelled(reason) => {
-                let event = OrderCancelled {
-                    order_id,
-                    customer_id: settled.customer_id,
-                    reason: reason.as_str().to_owned(),
-                };
-                self.service.emit(tx, ORDERS_TOPIC, &event, cause).await?;
-            }
+        if self.ledger.settle(tx, order_id, outcome, cause).await? {
+            crate::platform::cache::invalidate_on_commit(
+                &self.orders,
+                tx,
+                order_id,
+                eddy_cache::Source::Write,
+            );
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl TxHandler<StockReserved> for Settle {
+    async fn handle(
+        &self,
+        event: StockReserved,
+        envelope: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        // Only history: payments decides what follows.
+        self.settle(tx, &event.order_id, None, Some(envelope)).await
     }
 }
 
@@ -124,7 +118,7 @@ impl TxHandler<StockRejected> for Settle {
         self.settle(
             tx,
             &event.order_id,
-            Outcome::Cancelled(reason),
+            Some(Outcome::Cancelled(reason)),
             Some(envelope),
         )
         .await
@@ -139,8 +133,13 @@ impl TxHandler<PaymentCaptured> for Settle {
         envelope: &Envelope,
         tx: &mut Tx,
     ) -> Result<(), HandlerError> {
-        self.settle(tx, &event.order_id, Outcome::Confirmed, Some(envelope))
-            .await
+        self.settle(
+            tx,
+            &event.order_id,
+            Some(Outcome::Confirmed),
+            Some(envelope),
+        )
+        .await
     }
 }
 
@@ -156,7 +155,7 @@ impl TxHandler<PaymentDeclined> for Settle {
         self.settle(
             tx,
             &event.order_id,
-            Outcome::Cancelled(reason),
+            Some(Outcome::Cancelled(reason)),
             Some(envelope),
         )
         .await
@@ -171,7 +170,7 @@ pub async fn time_out_overdue(
     timeout: std::time::Duration,
     limit: i64,
 ) -> Result<u64, eddy_core::Error> {
-    let service = &settle.service;
+    let service = &settle.ledger.service;
     let age = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
     let before = Timestamp::from_micros(service.now().micros().saturating_sub(age));
     let overdue = {
@@ -190,7 +189,7 @@ pub async fn time_out_overdue(
             .settle(
                 &mut tx,
                 &order_id,
-                Outcome::Cancelled(CancelReason::TimedOut),
+                Some(Outcome::Cancelled(CancelReason::TimedOut)),
                 None,
             )
             .await
@@ -232,6 +231,7 @@ pub fn subscriptions(
         Subscription {
             topic: INVENTORY_TOPIC,
             router: eddy_runtime::Router::new()
+                .route::<StockReserved, _>(ctx.idempotent(settle())?)
                 .route::<StockRejected, _>(ctx.idempotent(settle())?),
         },
         Subscription {

@@ -1,31 +1,34 @@
 //! `/v1/orders` and `/v1/customers/{id}/orders`: place orders (idempotent per
-//! `Idempotency-Key`) and read them.
+//! `Idempotency-Key`) and read them — as they are, as they were at a moment, and their
+//! history.
 
 use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use eddy_cache::Cache;
+use eddy_eventstore::{Aggregate, Expected, Until};
 use eddy_sql::Tx;
 use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::domain::{self, Cursor, IdempotencyKey, OrderRequest};
-use super::{events, store};
+use super::ledger::Ledger;
+use super::{aggregate, events, store};
 use crate::auth::Authenticated;
 use crate::contracts::values::{OrderId, Timestamp};
-use crate::contracts::ORDERS_TOPIC;
 use crate::platform::cache::read_through;
 use crate::problem::{page_len, ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use crate::service::ServiceDb;
 
 pub use crate::problem::{PAGE_LEN_DEFAULT, PAGE_LEN_MAX};
 
-/// What orders' routes share: the service and its order cache.
+/// What orders' routes share: the service with its event store, and its order cache.
 #[derive(Debug, Clone)]
 pub struct OrdersState {
-    pub service: ServiceDb,
+    pub ledger: Ledger,
     /// `GET /v1/orders/{id}` reads through it; every status change invalidates it after
     /// its commit. `None` when `cache.enabled` is off.
     pub orders: Option<Cache<OrderView>>,
@@ -33,7 +36,13 @@ pub struct OrdersState {
 
 impl FromRef<OrdersState> for ServiceDb {
     fn from_ref(state: &OrdersState) -> Self {
-        state.service.clone()
+        state.ledger.service.clone()
+    }
+}
+
+impl FromRef<OrdersState> for Ledger {
+    fn from_ref(state: &OrdersState) -> Self {
+        state.ledger.clone()
     }
 }
 
@@ -126,6 +135,7 @@ pub fn router() -> OpenApiRouter<OrdersState> {
     OpenApiRouter::new()
         .routes(routes!(place))
         .routes(routes!(read))
+        .routes(routes!(history))
         .routes(routes!(list_for_customer))
 }
 
@@ -175,7 +185,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
         (status = 503, description = "A request with this key is in progress", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn place(
-    State(service): State<ServiceDb>,
+    State(ledger): State<Ledger>,
     Authenticated(caller): Authenticated,
     headers: HeaderMap,
     ApiJson(new): ApiJson<NewOrder>,
@@ -190,6 +200,7 @@ pub async fn place(
     let key = idempotency_key(&headers)?;
     // The request as it will be compared with a replay: canonical JSON of what was parsed.
     let canonical = serde_json::to_string(&new).map_err(|e| ApiError::Unexpected(e.into()))?;
+    let service = &ledger.service;
     let mut tx = service.db.begin().await?;
     if let Some(key) = &key {
         if let Some(order) = replay(&mut tx, key, &canonical).await? {
@@ -213,9 +224,12 @@ pub async fn place(
             ));
         }
     }
-    store::insert(&mut tx, &id, &order, now).await?;
-    let event = events::placed(&id, &order);
-    service.emit(&mut tx, ORDERS_TOPIC, &event, None).await?;
+    // The order's first event, published as well; the views move with it.
+    let placed = service.envelope(&events::placed(&id, &order), None)?;
+    let placed = std::slice::from_ref(&placed);
+    ledger
+        .record(&mut tx, id.as_str(), Expected::NoStream, placed, placed)
+        .await?;
     let placed = store::load(tx.conn(), id.as_str())
         .await?
         .ok_or(ApiError::NotFound("order"))?;
@@ -244,34 +258,136 @@ async fn replay(
         .ok_or(ApiError::NotFound("order"))
 }
 
-/// Read an order.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadQuery {
+    /// An RFC 3339 moment: the order as it was then (as orders had recorded it by that
+    /// moment), read from its events rather than the current view.
+    pub as_of: Option<String>,
+}
+
+/// Read an order (now, or as it was at a moment).
 #[utoipa::path(get, path = "/v1/orders/{id}", security((), ("bearer" = [])), tag = "orders",
-    params(("id" = String, Path, description = "The order's id")),
+    params(("id" = String, Path, description = "The order's id"), ReadQuery),
     responses(
         (status = 401, description = "No valid bearer token (when auth is on)", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "The order", body = OrderView),
-        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "An `as_of` that is not an RFC 3339 time", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (or not placed yet at `as_of`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn read(
-    State(OrdersState { service, orders }): State<OrdersState>,
+    State(OrdersState { ledger, orders }): State<OrdersState>,
     Authenticated(caller): Authenticated,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ReadQuery>,
 ) -> Result<Json<OrderView>, ApiError> {
     // Only a well-formed id can name an order: anything else is absent without a
     // database read or a cache entry.
     if OrderId::parse(&id).is_err() {
         return Err(ApiError::NotFound("order"));
     }
-    let found = read_through(orders.as_ref(), &service.db, &id, |db, id| async move {
-        let mut conn = crate::problem::read_conn(&db).await?;
-        Ok(store::load(&mut conn, &id).await?.map(OrderView::from))
-    })
-    .await?;
+    let found = match query.as_of.as_deref() {
+        Some(text) => {
+            let at = time::OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+                ApiError::BadRequest(
+                    "invalid-as-of",
+                    format!(
+                        "as_of must be an RFC 3339 time such as 2026-12-03T10:00:00Z, got {text:?}"
+                    ),
+                )
+            })?;
+            ledger.as_of(&id, at).await?.map(OrderView::from)
+        }
+        None => {
+            read_through(
+                orders.as_ref(),
+                &ledger.service.db,
+                &id,
+                |db, id| async move {
+                    let mut conn = crate::problem::read_conn(&db).await?;
+                    Ok(store::load(&mut conn, &id).await?.map(OrderView::from))
+                },
+            )
+            .await?
+        }
+    };
     found
         // Another customer's order is as absent as one that does not exist.
         .filter(|order| caller.sees(Some(order.customer_id.as_str())))
         .map(Json)
         .ok_or(ApiError::NotFound("order"))
+}
+
+/// Most events `GET /v1/orders/{id}/history` returns (an order has about eight).
+pub const HISTORY_LEN_MAX: usize = 1_000;
+
+/// One event of an order's history.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HistoryEntry {
+    /// Its place in the order's stream, from 1.
+    pub version: u64,
+    /// `orders.OrderPlaced`, `inventory.StockReserved`, `payments.PaymentCaptured`, …
+    pub event_type: String,
+    pub schema_version: u32,
+    pub event_id: String,
+    /// When it happened (the clock of the service that announced it).
+    #[schema(value_type = String, format = DateTime)]
+    pub occurred_at: Timestamp,
+    /// When orders recorded it (what `as_of` reads by).
+    #[schema(value_type = String, format = DateTime)]
+    pub recorded_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct History {
+    pub order_id: String,
+    /// Oldest first; at most 1,000.
+    pub items: Vec<HistoryEntry>,
+}
+
+/// An order's history: every event of its stream, oldest first.
+#[utoipa::path(get, path = "/v1/orders/{id}/history", security((), ("bearer" = [])), tag = "orders",
+    params(("id" = String, Path, description = "The order's id")),
+    responses(
+        (status = 401, description = "No valid bearer token (when auth is on)", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The order's events", body = History),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn history(
+    State(ledger): State<Ledger>,
+    Authenticated(caller): Authenticated,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<History>, ApiError> {
+    if OrderId::parse(&id).is_err() {
+        return Err(ApiError::NotFound("order"));
+    }
+    let events = ledger
+        .store
+        .read_stream(&aggregate::stream(&id), 1, Until::End, HISTORY_LEN_MAX)
+        .await?;
+    let mut order = aggregate::OrderState::default();
+    for event in &events {
+        order.apply(event)?;
+    }
+    let customer = order.placed.as_ref().map(|p| p.customer_id.as_str());
+    if customer.is_none() || !caller.sees(customer) {
+        return Err(ApiError::NotFound("order"));
+    }
+    let items = events
+        .iter()
+        .map(|event| HistoryEntry {
+            version: event.version,
+            event_type: event.envelope.event_type.clone(),
+            schema_version: event.envelope.schema_version,
+            event_id: event.envelope.id.to_string(),
+            occurred_at: Timestamp::from_micros(event.envelope.occurred_at_micros()),
+            recorded_at: Timestamp::from_micros(eddy_core::envelope::to_micros(event.recorded_at)),
+        })
+        .collect();
+    Ok(Json(History {
+        order_id: id,
+        items,
+    }))
 }
 
 /// A customer's orders, newest first, a page at a time.

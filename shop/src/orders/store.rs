@@ -1,17 +1,19 @@
-//! Orders' tables and SQL: orders and their lines, orders' copy of the catalog, and the
-//! idempotency keys of placements.
+//! Orders' tables and SQL: the order views (a projection of the orders' event streams,
+//! [`OrderViews`]), orders' copy of the catalog, and the idempotency keys of placements.
 
 use std::collections::HashMap;
 
-use eddy_core::Error;
+use eddy_core::{async_trait, Error, Event, JsonCodec};
+use eddy_eventstore::{Projection, Recorded, Target};
 use eddy_sql::{classify, Migration, Tx};
 use sqlx::{AnyConnection, Row};
 
-use super::domain::{
-    CancelReason, Cursor, IdempotencyKey, Order, OrderLineRecord, OrderStatus, Outcome, PricedOrder,
-};
+use super::domain::{CancelReason, Cursor, IdempotencyKey, Order, OrderLineRecord, OrderStatus};
 use crate::contracts::values::{Currency, Money, OrderId, ProductId, Timestamp};
+use crate::contracts::{OrderCancelled, OrderConfirmed, OrderPlaced};
 
+// `orders` and `order_lines` are where orders were kept before they became event
+// streams: kept (never written now) so `import_legacy` can turn them into streams.
 macro_rules! orders_schema {
     () => {
         concat!(
@@ -39,9 +41,157 @@ fn read(context: &'static str) -> impl Fn(sqlx::Error) -> Error {
     move |e| classify(context, e)
 }
 
-/// The order with id `id`, with its lines.
+/// The order views: `order_view` (one row per order, by id, by customer and by status)
+/// and `order_view_lines`, folded from the `OrderPlaced`, `OrderConfirmed` and
+/// `OrderCancelled` of every order stream. Kept inline (in the transaction that appends
+/// the events) so a command's caller reads its own write; `shop projections rebuild`
+/// rebuilds them while they serve. The customer's order list is read from the same
+/// view, through its `(customer_id, created_at_us, id)` index.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderViews;
+
+#[async_trait]
+impl Projection for OrderViews {
+    fn name(&self) -> &'static str {
+        "order_views"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["order_view", "order_view_lines"]
+    }
+
+    async fn create(&self, tx: &mut Tx, target: &Target) -> Result<(), Error> {
+        let (view, lines) = (target.table("order_view"), target.table("order_view_lines"));
+        let by_customer = target.table("order_view_by_customer");
+        let by_status = target.table("order_view_by_status");
+        for sql in [
+            format!("CREATE TABLE IF NOT EXISTS {view} (id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, status TEXT NOT NULL, total_cents BIGINT NOT NULL, currency TEXT NOT NULL, cancel_reason TEXT, created_at_us BIGINT NOT NULL, updated_at_us BIGINT NOT NULL)"),
+            format!("CREATE INDEX IF NOT EXISTS {by_customer} ON {view} (customer_id, created_at_us DESC, id DESC)"),
+            format!("CREATE INDEX IF NOT EXISTS {by_status} ON {view} (status, created_at_us)"),
+            format!("CREATE TABLE IF NOT EXISTS {lines} (order_id TEXT NOT NULL, line_no BIGINT NOT NULL, product_id TEXT NOT NULL, quantity BIGINT NOT NULL, unit_price_cents BIGINT NOT NULL, PRIMARY KEY (order_id, line_no))"),
+        ] {
+            sqlx::query(&sql)
+                .execute(tx.conn())
+                .await
+                .map_err(read("cannot create the order views"))?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, tx: &mut Tx, target: &Target, event: &Recorded) -> Result<(), Error> {
+        let envelope = &event.envelope;
+        let at = envelope.occurred_at_micros();
+        match envelope.event_type.as_str() {
+            OrderPlaced::TYPE => {
+                let placed: OrderPlaced = JsonCodec::decode(envelope)?;
+                sqlx::query(&format!("INSERT INTO {} (id, customer_id, status, total_cents, currency, cancel_reason, created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, $5, NULL, $6, $6)", target.table("order_view")))
+                    .bind(&placed.order_id)
+                    .bind(&placed.customer_id)
+                    .bind(OrderStatus::Pending.as_str())
+                    .bind(placed.total_cents)
+                    .bind(&placed.currency)
+                    .bind(at)
+                    .execute(tx.conn())
+                    .await
+                    .map_err(read("cannot insert an order view"))?;
+                let insert_line = format!("INSERT INTO {} (order_id, line_no, product_id, quantity, unit_price_cents) VALUES ($1, $2, $3, $4, $5)", target.table("order_view_lines"));
+                for (line_no, line) in placed.lines.iter().enumerate() {
+                    sqlx::query(&insert_line)
+                        .bind(&placed.order_id)
+                        .bind(line_no as i64)
+                        .bind(&line.product_id)
+                        .bind(line.quantity)
+                        .bind(line.unit_price_cents)
+                        .execute(tx.conn())
+                        .await
+                        .map_err(read("cannot insert an order line view"))?;
+                }
+            }
+            OrderConfirmed::TYPE => {
+                let confirmed: OrderConfirmed = JsonCodec::decode(envelope)?;
+                settle_view(
+                    tx,
+                    target,
+                    &confirmed.order_id,
+                    OrderStatus::Confirmed,
+                    None,
+                    at,
+                )
+                .await?;
+            }
+            OrderCancelled::TYPE => {
+                let cancelled: OrderCancelled = JsonCodec::decode(envelope)?;
+                let reason = Some(cancelled.reason.as_str());
+                settle_view(
+                    tx,
+                    target,
+                    &cancelled.order_id,
+                    OrderStatus::Cancelled,
+                    reason,
+                    at,
+                )
+                .await?;
+            }
+            // The facts an order was told change nothing the views show.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+async fn settle_view(
+    tx: &mut Tx,
+    target: &Target,
+    order_id: &str,
+    status: OrderStatus,
+    reason: Option<&str>,
+    at: i64,
+) -> Result<(), Error> {
+    sqlx::query(&format!(
+        "UPDATE {} SET status = $1, cancel_reason = $2, updated_at_us = $3 WHERE id = $4",
+        target.table("order_view")
+    ))
+    .bind(status.as_str())
+    .bind(reason)
+    .bind(at)
+    .bind(order_id)
+    .execute(tx.conn())
+    .await
+    .map_err(read("cannot settle an order view"))?;
+    Ok(())
+}
+
+/// The order with id `id`, with its lines, from the order views.
 pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<Order>, Error> {
-    let Some(row) = sqlx::query("SELECT id, customer_id, status, total_cents, currency, cancel_reason, created_at_us, updated_at_us FROM orders WHERE id = $1")
+    load_from(conn, id, "order_view", "order_view_lines").await
+}
+
+/// Up to `limit` orders kept in the tables of before orders were event-sourced that
+/// have no stream yet, oldest first.
+pub async fn legacy_orders(conn: &mut AnyConnection, limit: i64) -> Result<Vec<Order>, Error> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM orders WHERE NOT EXISTS (SELECT 1 FROM eddy_es_streams WHERE stream = 'order-' || orders.id) ORDER BY created_at_us, id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(read("cannot look for orders kept before event sourcing"))?;
+    let mut orders = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(order) = load_from(conn, &id, "orders", "order_lines").await? {
+            orders.push(order);
+        }
+    }
+    Ok(orders)
+}
+
+async fn load_from(
+    conn: &mut AnyConnection,
+    id: &str,
+    table: &str,
+    lines_table: &str,
+) -> Result<Option<Order>, Error> {
+    let Some(row) = sqlx::query(&format!("SELECT id, customer_id, status, total_cents, currency, cancel_reason, created_at_us, updated_at_us FROM {table} WHERE id = $1"))
         .bind(id)
         .fetch_optional(&mut *conn)
         .await
@@ -49,7 +199,7 @@ pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<Order>, E
     else {
         return Ok(None);
     };
-    let lines = sqlx::query("SELECT product_id, quantity, unit_price_cents FROM order_lines WHERE order_id = $1 ORDER BY line_no")
+    let lines = sqlx::query(&format!("SELECT product_id, quantity, unit_price_cents FROM {lines_table} WHERE order_id = $1 ORDER BY line_no"))
         .bind(id)
         .fetch_all(&mut *conn)
         .await
@@ -158,77 +308,6 @@ pub async fn purge_idempotency_keys(
     Ok(purged.rows_affected())
 }
 
-/// Stores a new, pending order and its lines.
-pub async fn insert(
-    tx: &mut Tx,
-    id: &OrderId,
-    order: &PricedOrder,
-    now: Timestamp,
-) -> Result<(), Error> {
-    sqlx::query("INSERT INTO orders (id, customer_id, status, total_cents, currency, cancel_reason, created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, $5, NULL, $6, $6)")
-        .bind(id.as_str())
-        .bind(order.customer_id.as_str())
-        .bind(OrderStatus::Pending.as_str())
-        .bind(order.total.cents())
-        .bind(order.total.currency().as_str())
-        .bind(now.micros())
-        .execute(tx.conn())
-        .await
-        .map_err(read("cannot insert the order"))?;
-    for (line_no, line) in order.lines.iter().enumerate() {
-        sqlx::query("INSERT INTO order_lines (order_id, line_no, product_id, quantity, unit_price_cents) VALUES ($1, $2, $3, $4, $5)")
-            .bind(id.as_str())
-            .bind(line_no as i64)
-            .bind(line.product_id.as_str())
-            .bind(line.quantity.units())
-            .bind(line.unit_price.cents())
-            .execute(tx.conn())
-            .await
-            .map_err(read("cannot insert an order line"))?;
-    }
-    Ok(())
-}
-
-/// A settled order's facts its announcement needs.
-#[derive(Debug)]
-pub struct Settled {
-    pub customer_id: String,
-    pub total_cents: i64,
-    pub currency: String,
-}
-
-/// Moves order `id` from PENDING to the status `outcome` gives it ([`OrderStatus::settle`]:
-/// only a pending order settles). `None` when the order was not pending (or unknown).
-/// The condition is in the statement, so two racing outcomes settle it once.
-pub async fn settle(
-    tx: &mut Tx,
-    id: &str,
-    outcome: &Outcome,
-    now: Timestamp,
-) -> Result<Option<Settled>, Error> {
-    let Some(to) = OrderStatus::Pending.settle(outcome) else {
-        return Ok(None);
-    };
-    let row = sqlx::query("UPDATE orders SET status = $1, cancel_reason = $2, updated_at_us = $3 WHERE id = $4 AND status = $5 RETURNING customer_id, total_cents, currency")
-        .bind(to.as_str())
-        .bind(outcome.cancel_reason().map(CancelReason::as_str))
-        .bind(now.micros())
-        .bind(id)
-        .bind(OrderStatus::Pending.as_str())
-        .fetch_optional(tx.conn())
-        .await
-        .map_err(read("cannot settle the order"))?;
-    row.map(|row| {
-        Ok(Settled {
-            customer_id: row.try_get("customer_id")?,
-            total_cents: row.try_get("total_cents")?,
-            currency: row.try_get("currency")?,
-        })
-    })
-    .transpose()
-    .map_err(read("order row"))
-}
-
 /// Up to `limit` ids of orders still pending that were placed before `before`, oldest
 /// first.
 pub async fn overdue(
@@ -237,7 +316,7 @@ pub async fn overdue(
     limit: i64,
 ) -> Result<Vec<String>, Error> {
     sqlx::query_scalar(
-        "SELECT id FROM orders WHERE status = $1 AND created_at_us < $2 ORDER BY created_at_us LIMIT $3",
+        "SELECT id FROM order_view WHERE status = $1 AND created_at_us < $2 ORDER BY created_at_us LIMIT $3",
     )
     .bind(OrderStatus::Pending.as_str())
     .bind(before.micros())
@@ -260,7 +339,7 @@ pub async fn page(
         // Above every id: the newest page.
         None => (i64::MAX, "\u{10FFFF}"),
     };
-    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM orders WHERE customer_id = $1 AND (created_at_us < $2 OR (created_at_us = $2 AND id < $3)) ORDER BY created_at_us DESC, id DESC LIMIT $4")
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM order_view WHERE customer_id = $1 AND (created_at_us < $2 OR (created_at_us = $2 AND id < $3)) ORDER BY created_at_us DESC, id DESC LIMIT $4")
         .bind(customer_id)
         .bind(before_us)
         .bind(before_id)

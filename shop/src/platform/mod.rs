@@ -137,7 +137,7 @@ struct Running {
 
 /// Starts a relay per service and a consumer per subscription, and the exporter of
 /// their statistics.
-fn start_workers(
+async fn start_workers(
     config: &Config,
     services: &[ServiceDb],
     broker: &Broker,
@@ -176,7 +176,7 @@ fn start_workers(
             config,
             provider_url,
         };
-        let contribution = services::contribute(&ctx)?;
+        let contribution = services::contribute(&ctx).await?;
         if let Some(service_routes) = contribution.routes {
             routes = routes.merge(service_routes);
         }
@@ -363,7 +363,8 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
         &provider_url,
         &health,
         &workers_stop,
-    )?;
+    )
+    .await?;
 
     // HTTP last: only once everything behind it runs.
     let listener = tokio::net::TcpListener::bind(config.server.listen)

@@ -19,10 +19,10 @@ pub fn migrations(service: ServiceName) -> &'static [Migration] {
 }
 
 /// What `ctx`'s service adds to the platform.
-pub fn contribute(ctx: &ServiceContext<'_>) -> anyhow::Result<Contribution> {
+pub async fn contribute(ctx: &ServiceContext<'_>) -> anyhow::Result<Contribution> {
     match ctx.service.name {
         ServiceName::Catalog => catalog::contribute(ctx),
-        ServiceName::Orders => orders::contribute(ctx),
+        ServiceName::Orders => orders::contribute(ctx).await,
         ServiceName::Inventory => inventory::contribute(ctx),
         ServiceName::Payments => payments::contribute(ctx),
         ServiceName::Notifications => notifications::contribute(ctx),
