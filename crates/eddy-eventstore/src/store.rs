@@ -1,5 +1,7 @@
 //! [`EventStore`]: appends with optimistic concurrency, stream and global reads.
 
+use std::collections::HashMap;
+
 use eddy_core::envelope::{from_micros, to_micros};
 use eddy_core::{Envelope, Error};
 use eddy_sql::envelope_row::{bind_envelope, push_placeholders, read_envelope, COLUMNS};
@@ -250,48 +252,65 @@ impl EventStore {
     }
 
     /// Where `events` already are, if every one of them is in `stream` at consecutive
-    /// versions (a retried append); `None` if none of them is there.
+    /// versions (a retried append); `None` if none of them is there; a mismatch if only
+    /// some are, or elsewhere. One query per 500 events.
     async fn already_in(
         &self,
         tx: &mut Tx,
         stream: &str,
         events: &[Envelope],
     ) -> Result<Option<Appended>, AppendError> {
-        let Some(first) = events.first() else {
+        let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+        let mut found: HashMap<String, (String, i64, i64)> = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT event_id, stream, version, position FROM eddy_es_events WHERE event_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query_as::<_, (String, String, i64, i64)>(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            let rows = query
+                .fetch_all(tx.conn())
+                .await
+                .map_err(|e| classify("cannot look for appended events", e))?;
+            for (id, found_stream, version, position) in rows {
+                found.insert(id, (found_stream, version, position));
+            }
+        }
+        if found.is_empty() {
             return Ok(None);
-        };
-        let found: Option<(String, i64, i64)> = sqlx::query_as(
-            "SELECT stream, version, position FROM eddy_es_events WHERE event_id = $1",
-        )
-        .bind(first.id.to_string())
-        .fetch_optional(tx.conn())
-        .await
-        .map_err(|e| classify("cannot look for appended events", e))?;
-        let Some((found_stream, first_version, first_position)) = found else {
-            return Ok(None);
-        };
-        if found_stream != stream {
+        }
+        if found.len() < ids.len() {
             return Err(mismatch(
                 stream,
-                &format!("event {} is in stream {found_stream:?}", first.id),
+                "some of these events were appended before and some were not",
             ));
         }
-        for (i, envelope) in events.iter().enumerate().skip(1) {
-            let version: Option<i64> = sqlx::query_scalar(
-                "SELECT version FROM eddy_es_events WHERE event_id = $1 AND stream = $2",
-            )
-            .bind(envelope.id.to_string())
-            .bind(stream)
-            .fetch_optional(tx.conn())
-            .await
-            .map_err(|e| classify("cannot look for appended events", e))?;
-            if version != Some(first_version + i64::try_from(i).unwrap_or(i64::MAX)) {
+        let mut first: Option<(i64, i64)> = None;
+        for (i, id) in ids.iter().enumerate() {
+            let Some((found_stream, version, position)) = found.get(id) else {
+                return Err(mismatch(stream, "an event vanished while looking"));
+            };
+            if found_stream != stream {
                 return Err(mismatch(
                     stream,
-                    "some of these events were appended before and some were not",
+                    &format!("event {id} is in stream {found_stream:?}"),
+                ));
+            }
+            let (first_version, _) = *first.get_or_insert((*version, *position));
+            if *version != first_version + i64::try_from(i).unwrap_or(i64::MAX) {
+                return Err(mismatch(
+                    stream,
+                    "these events were appended before, but not together in this order",
                 ));
             }
         }
+        let Some((first_version, first_position)) = first else {
+            return Ok(None);
+        };
         let last = first_version + i64::try_from(events.len() - 1).unwrap_or(i64::MAX);
         Ok(Some(Appended {
             version: to_u64(last),

@@ -108,6 +108,14 @@ async fn a_retried_append_writes_nothing_and_answers_where_the_events_are() {
             Err(AppendError::Mismatch { .. }) => {}
             other => panic!("expected a mismatch, got {other:?}"),
         }
+        // New first, old second: just as much not a retry (and no store error).
+        match store
+            .append("s", Expected::Exact(2), &[event("s", 4), events[0].clone()])
+            .await
+        {
+            Err(AppendError::Mismatch { .. }) => {}
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
         // The same events under another stream: not a retry either.
         match store.append("t", Expected::Any, &events[..1]).await {
             Err(AppendError::Mismatch { .. }) => {}
