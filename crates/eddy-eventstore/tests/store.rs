@@ -407,3 +407,37 @@ async fn an_empty_append_checks_and_writes_nothing() {
         ));
     }
 }
+
+#[tokio::test]
+async fn a_recorded_time_never_goes_back_even_when_a_writers_clock_does() {
+    for test_db in both().await {
+        let store = EventStore::open(test_db.db().clone()).await.unwrap();
+        store
+            .append("s", Expected::NoStream, &[event("s", 1)])
+            .await
+            .unwrap();
+        // Another process, its clock an hour ahead, appended last.
+        let ahead = OffsetDateTime::now_utc() + time::Duration::hours(1);
+        sqlx::query("UPDATE eddy_es_sequence SET last_recorded_us = $1 WHERE id = 1")
+            .bind(eddy_core::envelope::to_micros(ahead))
+            .execute(test_db.db().pool())
+            .await
+            .unwrap();
+        store
+            .append("s", Expected::Exact(1), &[event("s", 2)])
+            .await
+            .unwrap();
+        let events = store.read_stream("s", 1, Until::End, 10).await.unwrap();
+        assert_eq!(
+            eddy_core::envelope::to_micros(events[1].recorded_at),
+            eddy_core::envelope::to_micros(ahead),
+            "stamped no earlier than the append before"
+        );
+        // So what was recorded by a moment stays a prefix of the stream.
+        let before_ahead = store
+            .read_stream("s", 1, Until::Time(ahead - time::Duration::seconds(1)), 10)
+            .await
+            .unwrap();
+        assert_eq!(before_ahead.len(), 1);
+    }
+}
