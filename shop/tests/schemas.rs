@@ -146,6 +146,11 @@ fn shop_schemas_check_exits_1_naming_each_breach_and_write_refuses_it() {
     );
     let (code, _, _) = shop(&["schemas", "check", "--dir", dir_arg]);
     assert_eq!(code, Some(0));
+
+    let nowhere = dir.path().join("nowhere");
+    let (code, _, stderr) = shop(&["schemas", "check", "--dir", nowhere.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no snapshot directory at"), "{stderr}");
 }
 
 #[test]

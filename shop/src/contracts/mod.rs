@@ -2,8 +2,10 @@
 //!
 //! Each event names its topic (one topic per publishing service) and is keyed so that
 //! everything about one order (or one product) stays in order. Schema changes follow
-//! the rules in `docs/`: never remove or retype a field; new fields are optional with a
-//! default; a breaking change is a new `SCHEMA_VERSION` with an upcaster.
+//! the rules in `docs/events.md`: never remove or retype a field, never make an optional
+//! one required; new fields are optional or have a default; a breaking change is a new
+//! `SCHEMA_VERSION` with an upcaster. [`schemas`] checks them against the snapshots
+//! committed under `shop/schemas/`.
 
 use eddy_core::upcast::UpcastResult;
 use eddy_core::{Event, Upcast};

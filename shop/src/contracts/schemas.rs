@@ -107,6 +107,14 @@ pub fn run(command: SchemasCommand) -> anyhow::Result<()> {
 /// The contracts checked against the snapshots in `dir`: `Err` lists every finding and
 /// what to do about it.
 pub fn check(dir: &Path) -> anyhow::Result<()> {
+    // The default is the source tree this binary was built from, which a binary
+    // copied elsewhere may not have: say so rather than call every snapshot missing.
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "no snapshot directory at {} (give the shop's schemas directory with --dir)",
+            dir.display()
+        );
+    }
     let report = check_snapshots(dir, &event_schemas())?;
     if report.is_clean() {
         return Ok(());
