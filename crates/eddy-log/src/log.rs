@@ -565,6 +565,37 @@ impl Log {
 }
 
 impl Log {
+    /// For each partition in `from`, the first record of `topic` still kept at or after
+    /// the given offset: its offset and when the log appended it (`appended_at_us`, the
+    /// log's own clock — not the event's `occurred_at`, which a producer may set long
+    /// before publishing). A partition without such a record (caught up, or retention
+    /// deleted everything from there on) is absent. The lag monitor takes the age of a
+    /// group's oldest unconsumed record from this: one indexed lookup per partition.
+    pub async fn first_kept_records(
+        &self,
+        topic: &str,
+        from: &BTreeMap<u32, u64>,
+    ) -> Result<BTreeMap<u32, (u64, eddy_core::OffsetDateTime)>, Error> {
+        let mut found = BTreeMap::new();
+        for (&partition, &offset) in from {
+            let row: Option<(i64, i64)> = sqlx::query_as(
+                "SELECT record_offset, appended_at_us FROM eddy_log_records \
+                 WHERE topic = $1 AND partition = $2 AND record_offset >= $3 ORDER BY record_offset LIMIT 1",
+            )
+            .bind(topic)
+            .bind(i64::from(partition))
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+            .fetch_optional(self.inner.db.pool())
+            .await
+            .map_err(|e| classify("cannot read the first unconsumed record", e))?;
+            if let Some((record_offset, appended_at_us)) = row {
+                let appended_at = eddy_core::envelope::from_micros(appended_at_us)?;
+                found.insert(partition, (record_offset.max(0) as u64, appended_at));
+            }
+        }
+        Ok(found)
+    }
+
     /// Records of `topic` that `group` has not committed, over every partition, as
     /// Kafka counts it: from the committed offset (or the oldest record still kept,
     /// whichever is later — a record retention deleted is not waiting for anyone) to
