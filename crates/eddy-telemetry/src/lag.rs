@@ -61,12 +61,20 @@ impl PartitionSample {
 pub trait PartitionProbe: Send + Sync {
     /// Every partition of `topic` as `group` sees it now. An error skips this sample
     /// (the windows keep what they had).
-    async fn partitions(&self, group: &str, topic: &str) -> Result<Vec<PartitionSample>, Error>;
+    async fn partition_samples(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<PartitionSample>, Error>;
 }
 
 #[async_trait]
 impl PartitionProbe for eddy_log::Log {
-    async fn partitions(&self, group: &str, topic: &str) -> Result<Vec<PartitionSample>, Error> {
+    async fn partition_samples(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<PartitionSample>, Error> {
         let ends = self.end_offsets(topic).await?;
         let committed = self.committed_offsets(group, topic).await?;
         let from: BTreeMap<u32, u64> = ends
@@ -401,7 +409,7 @@ impl LagMonitor {
                 .collect()
         };
         for (group, topic) in watched {
-            match probe.partitions(&group, &topic).await {
+            match probe.partition_samples(&group, &topic).await {
                 Ok(samples) => self.record(&group, &topic, clock.now(), &samples),
                 Err(error) => {
                     tracing::debug!(group, topic, %error, "lag sample failed");
