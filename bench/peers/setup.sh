@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the benchmark peers locally (nothing global): FastAPI + uvicorn + httpx and
-# FastStream (NATS and Kafka), asyncpg and cashews + redis into bench/.venv, fastify + undici into
+# FastStream (NATS and Kafka), asyncpg, cashews + redis and eventsourcing (PostgreSQL) into bench/.venv, fastify + undici into
 # bench/peers/node/node_modules. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,9 @@ if ! .venv/bin/python -c 'import faststream.nats, faststream.kafka, asyncpg' 2>/
 fi
 if ! .venv/bin/python -c 'import cashews, redis' 2>/dev/null; then
   .venv/bin/pip install --quiet cashews redis
+fi
+if ! .venv/bin/python -c 'import eventsourcing.postgres' 2>/dev/null; then
+  .venv/bin/pip install --quiet 'eventsourcing[postgres]'
 fi
 if [ ! -d peers/node/node_modules/fastify ]; then
   (cd peers/node && npm install --silent --no-audit --no-fund)

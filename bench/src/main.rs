@@ -34,6 +34,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod brokers;
 mod cache;
 mod chart;
+mod eventstore;
 mod loadgen;
 mod orders;
 mod peers;
@@ -55,7 +56,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Every scenario that exists (S1–S7): suite, orders, brokers, toolkit, cache, one after
+    /// Every scenario that exists (S1–S7 and the event store): suite, orders, brokers, toolkit, cache, eventstore, one after
     /// another; reports into `--out`.
     All(AllArgs),
     /// HTTP scenarios S1–S3 against limits and peers.
@@ -68,6 +69,9 @@ enum Command {
     Orders(orders::Args),
     /// S6: the two-level cache against its tiers' latencies, a herd, and raw moka.
     Cache(cache::Args),
+    /// The event store on PostgreSQL: appends vs raw inserts, loads with and without
+    /// snapshots, a projection rebuild vs a raw scan, and Python's eventsourcing.
+    Eventstore(eventstore::Args),
     /// (internal) Run one benchmark server.
     Serve(servers::ServeArgs),
 }
@@ -154,6 +158,18 @@ async fn cache(args: cache::Args, markdown_to: Option<&Path>) -> anyhow::Result<
     .write()
 }
 
+async fn eventstore(args: eventstore::Args, markdown_to: Option<&Path>) -> anyhow::Result<()> {
+    let results = eventstore::run(&args).await?;
+    Report {
+        results: &results,
+        json: args.json.as_deref(),
+        markdown_to,
+        markdown: eventstore::markdown(&results),
+        svg: eventstore::chart(&results),
+    }
+    .write()
+}
+
 async fn toolkit(args: toolkit::Args, markdown_to: Option<&Path>) -> anyhow::Result<()> {
     let results = toolkit::run_all(&args).await?;
     Report {
@@ -207,6 +223,12 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
         a.extend(["--requests", "100000", "--gets", "500000"]);
     }
     cache(parse(&a)?, Some(&args.out.join("cache.md"))).await?;
+    let eventstore_json = out("eventstore.json");
+    let mut a = vec!["--json", eventstore_json.as_str()];
+    if q {
+        a.extend(["--appends", "1000", "--events", "2000", "--loads", "3"]);
+    }
+    eventstore(parse(&a)?, Some(&args.out.join("eventstore.md"))).await?;
     eprintln!("all reports are in {}", args.out.display());
     Ok(())
 }
@@ -222,6 +244,7 @@ fn main() -> anyhow::Result<()> {
         Command::Brokers(args) => runtime()?.block_on(brokers(args, None)),
         Command::Orders(args) => runtime()?.block_on(orders(args, None)),
         Command::Cache(args) => runtime()?.block_on(cache(args, None)),
+        Command::Eventstore(args) => runtime()?.block_on(eventstore(args, None)),
         Command::Toolkit(args) => runtime()?.block_on(toolkit(args, None)),
     }
 }

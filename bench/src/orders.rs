@@ -73,20 +73,35 @@ pub struct Results {
 
 const PRODUCTS: [(&str, i64); 2] = [("s4-product-1", 1250), ("s4-product-2", 990)];
 
-/// The statements `POST /v1/orders` runs (see `shop/src/orders.rs`), for pgbench.
+/// The statements `POST /v1/orders` runs on PostgreSQL (`shop/src/orders/http.rs`:
+/// prices, the order's stream append under the sequence lock, the outbox row, the order
+/// views moved inline with their checkpoint, the view read back), for pgbench.
 fn pgbench_script() -> String {
     let payload = r#"{"order_id":"0190f0f0-0000-7000-8000-000000000000","customer_id":"customer-42","lines":[{"product_id":"s4-product-1","quantity":2,"unit_price_cents":1250},{"product_id":"s4-product-2","quantity":1,"unit_price_cents":990}],"total_cents":3490,"currency":"EUR"}"#;
+    let columns = "event_id, event_type, schema_version, occurred_at_us, correlation_id, causation_id, event_key, headers, payload";
+    let values = format!(
+        "gen_random_uuid()::text, 'orders.OrderPlaced', 1, 1, gen_random_uuid()::text, NULL, :order_id, '{{\"traceparent\":\"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\"}}', convert_to('{payload}', 'UTF8')"
+    );
     format!(
         "\\set c random(1, 100000)\n\
          BEGIN;\n\
+         SELECT gen_random_uuid()::text AS order_id \\gset\n\
          SELECT price_cents, currency FROM catalog_copy WHERE product_id = 's4-product-1';\n\
          SELECT price_cents, currency FROM catalog_copy WHERE product_id = 's4-product-2';\n\
-         INSERT INTO orders (id, customer_id, status, total_cents, currency, cancel_reason, created_at_us, updated_at_us) VALUES (gen_random_uuid()::text, 'customer-' || :c, 'PENDING', 3490, 'EUR', NULL, 1, 1) RETURNING id AS order_id \\gset\n\
-         INSERT INTO order_lines (order_id, line_no, product_id, quantity, unit_price_cents) VALUES (:order_id, 0, 's4-product-1', 2, 1250);\n\
-         INSERT INTO order_lines (order_id, line_no, product_id, quantity, unit_price_cents) VALUES (:order_id, 1, 's4-product-2', 1, 990);\n\
-         INSERT INTO eddy_outbox (topic, created_at_us, event_id, event_type, schema_version, occurred_at_us, correlation_id, causation_id, event_key, headers, payload) VALUES ('pgbench', 1, gen_random_uuid()::text, 'orders.OrderPlaced', 1, 1, gen_random_uuid()::text, NULL, :order_id, '{{\"traceparent\":\"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\"}}', convert_to('{payload}', 'UTF8'));\n\
-         SELECT id, customer_id, status, total_cents, currency, cancel_reason, created_at_us, updated_at_us FROM orders WHERE id = :order_id;\n\
-         SELECT product_id, quantity, unit_price_cents FROM order_lines WHERE order_id = :order_id ORDER BY line_no;\n\
+         SELECT stream, version, position FROM eddy_es_events WHERE event_id = :order_id;\n\
+         SELECT next_position FROM eddy_es_sequence WHERE id = 1 FOR UPDATE;\n\
+         INSERT INTO eddy_es_streams (stream, version) VALUES ('order-' || :order_id, 1) ON CONFLICT (stream) DO NOTHING RETURNING version;\n\
+         UPDATE eddy_es_sequence SET next_position = next_position + 1, last_recorded_us = CASE WHEN last_recorded_us > 1 THEN last_recorded_us ELSE 1 END WHERE id = 1 RETURNING next_position - 1 AS position, last_recorded_us \\gset\n\
+         INSERT INTO eddy_es_events (position, stream, version, recorded_at_us, {columns}) VALUES (:position, 'order-' || :order_id, 1, :last_recorded_us, {values});\n\
+         INSERT INTO eddy_outbox (topic, created_at_us, {columns}) VALUES ('pgbench', 1, {values});\n\
+         SELECT generation, position, replay_until FROM eddy_es_projections WHERE name = 'order_views' FOR UPDATE;\n\
+         SELECT stream, version, position, recorded_at_us, {columns} FROM eddy_es_events WHERE position > :position - 1 ORDER BY position LIMIT 500;\n\
+         INSERT INTO order_view_g1 (id, customer_id, status, total_cents, currency, cancel_reason, created_at_us, updated_at_us) VALUES (:order_id, 'customer-' || :c, 'PENDING', 3490, 'EUR', NULL, 1, 1);\n\
+         INSERT INTO order_view_lines_g1 (order_id, line_no, product_id, quantity, unit_price_cents) VALUES (:order_id, 0, 's4-product-1', 2, 1250);\n\
+         INSERT INTO order_view_lines_g1 (order_id, line_no, product_id, quantity, unit_price_cents) VALUES (:order_id, 1, 's4-product-2', 1, 990);\n\
+         UPDATE eddy_es_projections SET position = :position, updated_at_us = 1 WHERE name = 'order_views';\n\
+         SELECT id, customer_id, status, total_cents, currency, cancel_reason, created_at_us, updated_at_us FROM order_view WHERE id = :order_id;\n\
+         SELECT product_id, quantity, unit_price_cents FROM order_view_lines WHERE order_id = :order_id ORDER BY line_no;\n\
          END;\n"
     )
 }
