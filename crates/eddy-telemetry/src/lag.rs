@@ -8,7 +8,7 @@
 //! [`PartitionProbe`] and the clock. The rules, the metrics and the JSON shape are
 //! described in `docs/lag.md`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -372,7 +372,8 @@ impl LagMonitor {
             .or_default()
             .entry(topic.to_owned())
             .or_default();
-        windows.retain(|partition, _| samples.iter().any(|s| s.partition == *partition));
+        let sampled: BTreeSet<u32> = samples.iter().map(|s| s.partition).collect();
+        windows.retain(|partition, _| sampled.contains(partition));
         for sample in samples {
             let window = windows.entry(sample.partition).or_default();
             if window.back().is_some_and(|newest| newest.at >= at) {
