@@ -200,8 +200,10 @@ impl CatchUp {
 /// Settings of the lag monitor. Every field has a documented default.
 #[derive(Debug, Clone)]
 pub struct LagConfig {
-    /// Samples kept per partition; older ones drop. Default 10 (with the shop's 15 s
-    /// timer, 2.5 minutes). At most [`WINDOW_LEN_LIMIT`].
+    /// Samples kept per partition; older ones drop. Default 10 (sampled every 15 s,
+    /// 2¼ minutes). At most [`WINDOW_LEN_LIMIT`]. `(window_len_max − 1) × sampling
+    /// interval` must reach `judge_span_min`, or no window is long enough to judge
+    /// GROWING, STALLED or STOPPED ([`LagMonitor::run`] warns).
     pub window_len_max: usize,
     /// Samples older than this before the newest drop, however few are kept.
     /// Default 10 minutes.
@@ -428,6 +430,18 @@ impl LagMonitor {
         interval: Duration,
         stop: CancellationToken,
     ) {
+        {
+            let config = &self.lock().config;
+            let reach = interval.saturating_mul(config.window_len_max.saturating_sub(1) as u32);
+            if reach < config.judge_span_min {
+                tracing::warn!(
+                    ?interval,
+                    window_len_max = config.window_len_max,
+                    judge_span_min = ?config.judge_span_min,
+                    "lag windows never span judge_span_min at this interval: GROWING, STALLED and STOPPED cannot be judged"
+                );
+            }
+        }
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
