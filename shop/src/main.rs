@@ -227,7 +227,9 @@ fn banner(config: &Config) -> impl Fn(&str) -> Vec<String> {
         lines.push(format!(
             "  health     {base}/health/live, {base}/health/ready"
         ));
-        lines.push(format!("  metrics    {base}/metrics"));
+        lines.push(format!(
+            "  metrics    {base}/metrics  (consumer lag: {base}/lag)"
+        ));
         lines.push(auth.clone());
         if demo {
             lines.push(format!(

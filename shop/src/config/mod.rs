@@ -48,6 +48,7 @@ pub struct Config {
     pub consumer: ConsumerSettings,
     pub relay: RelaySettings,
     pub maintenance: MaintenanceConfig,
+    pub lag: LagSettings,
     pub broker: BrokerConfig,
     pub cache: CacheSettings,
     /// Log level filter (tracing's syntax). Default `info`.
@@ -74,6 +75,7 @@ impl Default for Config {
             consumer: ConsumerSettings::default(),
             relay: RelaySettings::default(),
             maintenance: MaintenanceConfig::default(),
+            lag: LagSettings::default(),
             cache: CacheSettings::default(),
             broker: BrokerConfig::default(),
             log_level: "info".to_owned(),
@@ -273,6 +275,9 @@ impl Config {
                 problems.push(format!("{name} must be between 0 and 1, got {value}"));
             }
         }
+        if let Err(problem) = self.lag.monitor().validate() {
+            problems.push(format!("lag: {problem}"));
+        }
         for (name, value) in self.positive_settings() {
             if value == 0 {
                 problems.push(format!("{name} must be at least 1"));
@@ -329,7 +334,7 @@ impl Config {
     }
 
     /// Settings where 0 would stall or refuse everything.
-    fn positive_settings(&self) -> [(&'static str, u64); 34] {
+    fn positive_settings(&self) -> [(&'static str, u64); 35] {
         let size = |n: usize| n as u64;
         [
             (
@@ -341,6 +346,7 @@ impl Config {
                 size(self.server.concurrency_limit),
             ),
             ("server.request_timeout_ms", self.server.request_timeout_ms),
+            ("lag.interval_secs", self.lag.interval_secs),
             (
                 "orders.projection_batch_len_max",
                 size(self.orders.projection_batch_len_max),

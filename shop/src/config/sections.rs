@@ -611,3 +611,53 @@ impl Default for CacheSettings {
         }
     }
 }
+
+/// The consumer lag monitor (`eddy_telemetry::LagMonitor`, docs/lag.md): samples every
+/// group's partitions on a timer and judges each over a window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LagSettings {
+    /// How often end and committed offsets are sampled. Default 15 s.
+    pub interval_secs: u64,
+    /// Samples kept per partition. Default 10 (2.5 minutes at 15 s).
+    pub window_len_max: usize,
+    /// Samples older than this drop, however few are kept. Default 600 s.
+    pub window_secs: u64,
+    /// GROWING, STALLED and STOPPED are judged over at least this many samples… Default 3.
+    pub judge_len_min: usize,
+    /// …spanning at least this long. Default 60 s.
+    pub judge_span_secs: u64,
+    /// Lag from which a partition is WARNING. Default 1,000 messages.
+    pub warning_lag_messages: u64,
+    /// Lag over which a partition is CRITICAL. Default 5,000 messages.
+    pub critical_lag_messages: u64,
+}
+
+impl Default for LagSettings {
+    fn default() -> Self {
+        let monitor = eddy_telemetry::LagConfig::default();
+        Self {
+            interval_secs: 15,
+            window_len_max: monitor.window_len_max,
+            window_secs: monitor.window_duration.as_secs(),
+            judge_len_min: monitor.judge_len_min,
+            judge_span_secs: monitor.judge_span_min.as_secs(),
+            warning_lag_messages: monitor.warning_lag_messages,
+            critical_lag_messages: monitor.critical_lag_messages,
+        }
+    }
+}
+
+impl LagSettings {
+    /// The monitor's configuration.
+    pub fn monitor(&self) -> eddy_telemetry::LagConfig {
+        eddy_telemetry::LagConfig {
+            window_len_max: self.window_len_max,
+            window_duration: std::time::Duration::from_secs(self.window_secs),
+            judge_len_min: self.judge_len_min,
+            judge_span_min: std::time::Duration::from_secs(self.judge_span_secs),
+            warning_lag_messages: self.warning_lag_messages,
+            critical_lag_messages: self.critical_lag_messages,
+        }
+    }
+}

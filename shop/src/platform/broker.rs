@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use eddy_core::{async_trait, Publisher, Subscriber};
 use eddy_log::{Log, LogConfig};
-use eddy_telemetry::LagProbe;
+use eddy_telemetry::{LagProbe, PartitionProbe, PartitionSample};
 
 use crate::config::{BrokerConfig, BrokerKind, Config, Database};
 use crate::contracts::TOPICS;
@@ -174,6 +174,30 @@ impl LagProbe for Broker {
                 tracing::debug!(group, topic, %error, "lag unknown");
                 None
             }
+        }
+    }
+}
+
+#[async_trait]
+impl PartitionProbe for Broker {
+    async fn partition_samples(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<PartitionSample>, eddy_core::Error> {
+        match self {
+            Broker::Embedded(log) => log.partition_samples(group, topic).await,
+            // Their probes need the broker's own facts (docs/lag.md); until then the
+            // monitor shows these groups without partitions, and consumer_lag_messages
+            // still has their totals.
+            #[cfg(feature = "nats")]
+            Broker::Nats(_) => Err(eddy_core::Error::permanent(
+                "per-partition lag is not sampled on NATS yet",
+            )),
+            #[cfg(feature = "kafka")]
+            Broker::Kafka(_) => Err(eddy_core::Error::permanent(
+                "per-partition lag is not sampled on Kafka yet",
+            )),
         }
     }
 }

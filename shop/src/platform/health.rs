@@ -1,4 +1,4 @@
-//! `/health/live`, `/health/ready`, `/metrics` and `/openapi.json`.
+//! `/health/live`, `/health/ready`, `/metrics`, `/lag` and `/openapi.json`.
 
 use std::time::Duration;
 
@@ -22,6 +22,8 @@ pub struct Readiness {
     /// restart) makes the process not ready.
     pub workers: eddy_runtime::Workers,
     pub timeout: Duration,
+    /// The consumer lag monitor `/lag` reads.
+    pub lag: eddy_telemetry::LagMonitor,
 }
 
 /// The operational routes, documented.
@@ -30,6 +32,7 @@ pub fn router() -> OpenApiRouter<Readiness> {
         .routes(routes!(live))
         .routes(routes!(ready))
         .routes(routes!(metrics_text))
+        .routes(routes!(lag))
         .routes(routes!(openapi))
 }
 
@@ -103,6 +106,15 @@ pub async fn metrics_text() -> Response {
             None,
         ),
     }
+}
+
+/// Consumer lag as the lag monitor judges it: per group, topic and partition, lag in
+/// messages and seconds, rates, the time to catch up and a status (OK, WARNING,
+/// CRITICAL, GROWING, STALLED, STOPPED; docs/lag.md). Sampled every `lag.interval_secs`.
+#[utoipa::path(get, path = "/lag", tag = "operations",
+    responses((status = 200, description = "Every watched group, its topics and partitions", body = Object, content_type = "application/json")))]
+pub async fn lag(State(readiness): State<Readiness>) -> Json<eddy_telemetry::LagSnapshot> {
+    Json(readiness.lag.snapshot())
 }
 
 /// This document: the public API, generated from the handlers.

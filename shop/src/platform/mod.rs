@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::http::StatusCode;
 
+use eddy_core::SystemClock;
 use eddy_outbox::{Relay, RelayConfig};
 use eddy_runtime::{supervise, Consumer, ConsumerConfig, RestartPolicy, RetryPolicy, Workers};
 use eddy_sql::{Db, DbConfig};
@@ -133,6 +134,8 @@ fn consumer_config(config: &Config) -> ConsumerConfig {
 struct Running {
     workers: Vec<Worker>,
     routes: OpenApiRouter,
+    /// Watches every consumer's group and topic; `GET /lag` shows its judgement.
+    lag: eddy_telemetry::LagMonitor,
 }
 
 /// Starts a relay per service and a consumer per subscription, and the exporter of
@@ -147,6 +150,7 @@ async fn start_workers(
 ) -> anyhow::Result<Running> {
     let mut workers: Vec<Worker> = Vec::new();
     let mut exporter = Exporter::new();
+    let lag = eddy_telemetry::LagMonitor::new(config.lag.monitor())?;
     exporter.workers(health.clone());
     let mut routes = OpenApiRouter::new();
     let relay_config = RelayConfig {
@@ -191,6 +195,7 @@ async fn start_workers(
             ));
         }
         for subscription in contribution.subscriptions {
+            lag.watch(name, subscription.topic);
             workers.push(start_consumer(
                 name,
                 subscription,
@@ -203,7 +208,22 @@ async fn start_workers(
         }
     }
     workers.extend(start_upkeep(config, exporter, broker, services, stop));
-    Ok(Running { workers, routes })
+    let (probe, sampling) = (broker.clone(), stop.clone());
+    let (monitor, interval) = (lag.clone(), Duration::from_secs(config.lag.interval_secs));
+    workers.push((
+        "lag monitor".to_owned(),
+        tokio::spawn(async move {
+            monitor
+                .run(Arc::new(probe), Arc::new(SystemClock), interval, sampling)
+                .await;
+            Ok(())
+        }),
+    ));
+    Ok(Running {
+        workers,
+        routes,
+        lag,
+    })
 }
 
 /// The metrics exporter and retention.
@@ -376,6 +396,7 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
         broker: broker.clone(),
         workers: health,
         timeout: Duration::from_millis(config.server.ready_check_timeout_ms),
+        lag: running.lag.clone(),
     };
     let (routes, _) = running
         .routes
