@@ -306,6 +306,84 @@ impl Kafka {
         .map_err(|e| kafka_error("cannot read the consumer lag", e))
     }
 
+    /// Every partition of `topic` as Eddy group `group` sees it: the high watermark (the
+    /// next offset written), the group's committed offset, and the oldest record it has
+    /// still to consume that the broker keeps (the committed offset, or the low
+    /// watermark when the group never committed there or retention went past it) with
+    /// that record's timestamp, read by fetching it. For the lag monitor
+    /// (`eddy_telemetry::PartitionProbe`; docs/lag.md). Kafka does not say when a group
+    /// last committed, so `committed_at` is never known here.
+    pub async fn partition_lag(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<PartitionLag>, Error> {
+        let reader = self.lag_reader(group, topic)?;
+        let peeker = self.peeker()?;
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<Vec<PartitionLag>, KafkaError> {
+            let timeout = Duration::from_secs(5);
+            let metadata = reader.fetch_metadata(Some(&topic), timeout)?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic)
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            let mut list = TopicPartitionList::new();
+            for p in &partitions {
+                list.add_partition(&topic, *p);
+            }
+            let committed = reader.committed_offsets(list, timeout)?;
+            let mut lags = Vec::with_capacity(partitions.len());
+            for p in partitions {
+                let (low, high) = reader.fetch_watermarks(&topic, p, timeout)?;
+                let committed_offset = match committed.find_partition(&topic, p).map(|e| e.offset())
+                {
+                    Some(Offset::Offset(offset)) => Some(offset),
+                    _ => None,
+                };
+                let oldest = committed_offset.unwrap_or(low).max(low);
+                let oldest_at = if oldest < high {
+                    record_time(&peeker, &topic, p, oldest)?
+                } else {
+                    None
+                };
+                lags.push(PartitionLag {
+                    partition: u32::try_from(p).unwrap_or(0),
+                    end_offset: u64::try_from(high).unwrap_or(0),
+                    committed_offset: committed_offset.and_then(|o| u64::try_from(o).ok()),
+                    oldest_unconsumed_offset: u64::try_from(oldest.min(high)).unwrap_or(0),
+                    oldest_unconsumed_at: oldest_at,
+                });
+            }
+            Ok(lags)
+        })
+        .await
+        .map_err(|e| Error::transient("lag task failed").with_source(e))?
+        .map_err(|e| kafka_error("cannot read the consumer lag by partition", e))
+    }
+
+    /// The consumer that fetches single records for their timestamps: assigned by hand,
+    /// never in a group, never committing.
+    fn peeker(&self) -> Result<Arc<BaseConsumer>, Error> {
+        let mut readers = self.lag_readers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(peeker) = readers.get(PEEKER) {
+            return Ok(peeker.clone());
+        }
+        let mut config = client_config(&self.config.bootstrap_servers, &[], &BTreeMap::new());
+        config.set("group.id", PEEKER);
+        config.set("enable.auto.commit", "false");
+        config.set("enable.auto.offset.store", "false");
+        let peeker: Arc<BaseConsumer> = Arc::new(
+            config
+                .create()
+                .map_err(|e| kafka_error("cannot create the lag peeker", e))?,
+        );
+        readers.insert(PEEKER.to_owned(), peeker.clone());
+        Ok(peeker)
+    }
+
     /// A consumer that never joins its group, only reads the group's committed offsets.
     fn lag_reader(&self, group: &str, topic: &str) -> Result<Arc<BaseConsumer>, Error> {
         let id = group_id(group, topic);
@@ -422,4 +500,57 @@ impl Kafka {
 /// independently — a member joining or leaving on one topic does not stop the others.
 pub fn group_id(group: &str, topic: &str) -> String {
     format!("{group}.{topic}")
+}
+
+/// The group id of the consumer that fetches records for their timestamps.
+const PEEKER: &str = "eddy-lag-peeker";
+
+/// One partition of a topic as a group sees it ([`Kafka::partition_lag`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub partition: u32,
+    /// The high watermark: the next offset written.
+    pub end_offset: u64,
+    /// The group's committed offset (the next it reads); `None` before its first commit.
+    pub committed_offset: Option<u64>,
+    /// The oldest record still to consume that the broker keeps; `end_offset` when none.
+    pub oldest_unconsumed_offset: u64,
+    /// That record's timestamp; `None` when there is none or it could not be fetched.
+    pub oldest_unconsumed_at: Option<time::OffsetDateTime>,
+}
+
+/// The timestamp of the record at `offset` of `topic`/`partition`: assigns the peeker
+/// there, polls one record, unassigns. `None` when none came within the timeout (the
+/// record was deleted meanwhile, say): the sample then has no lag in seconds.
+fn record_time(
+    peeker: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<Option<time::OffsetDateTime>, KafkaError> {
+    use rdkafka::Message;
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    peeker.assign(&list)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut found = None;
+    while found.is_none() && std::time::Instant::now() < deadline {
+        match peeker.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) if message.topic() == topic && message.partition() == partition => {
+                found = message.timestamp().to_millis().and_then(|ms| {
+                    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+                });
+                if found.is_none() {
+                    break;
+                }
+            }
+            Some(Ok(_)) | None => {}
+            Some(Err(error)) => {
+                peeker.unassign()?;
+                return Err(error);
+            }
+        }
+    }
+    peeker.unassign()?;
+    Ok(found)
 }

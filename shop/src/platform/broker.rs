@@ -195,9 +195,20 @@ impl PartitionProbe for Broker {
                 "per-partition lag is not sampled on NATS yet",
             )),
             #[cfg(feature = "kafka")]
-            Broker::Kafka(_) => Err(eddy_core::Error::permanent(
-                "per-partition lag is not sampled on Kafka yet",
-            )),
+            Broker::Kafka(kafka) => Ok(kafka
+                .partition_lag(group, topic)
+                .await?
+                .into_iter()
+                .map(|p| PartitionSample {
+                    partition: p.partition,
+                    end_offset: p.end_offset,
+                    committed_offset: p.committed_offset,
+                    // Kafka does not tell when a group last committed.
+                    committed_at: None,
+                    oldest_unconsumed_offset: p.oldest_unconsumed_offset,
+                    oldest_unconsumed_at: p.oldest_unconsumed_at,
+                })
+                .collect()),
         }
     }
 }
