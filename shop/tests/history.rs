@@ -24,7 +24,20 @@ async fn an_order_tells_its_history_and_reads_as_it_was_after_each_step() {
         )
         .await;
     let id = order["id"].as_str().unwrap();
-    assert_eq!(app.settled(id).await["status"], "CONFIRMED");
+    let settled = app.settled(id).await;
+    assert_eq!(settled["status"], "CONFIRMED");
+    // The placement's reply (made from the appended event) is the order as the views
+    // have it, but for what settling changed.
+    for field in [
+        "id",
+        "customer_id",
+        "lines",
+        "total_cents",
+        "currency",
+        "created_at",
+    ] {
+        assert_eq!(order[field], settled[field], "{field}");
+    }
 
     let (status, history) = app.get_json(&format!("/v1/orders/{id}/history")).await;
     assert_eq!(status, 200, "{history}");

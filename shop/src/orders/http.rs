@@ -230,11 +230,30 @@ pub async fn place(
     ledger
         .record(&mut tx, id.as_str(), Expected::NoStream, placed, placed)
         .await?;
-    let placed = store::load(tx.conn(), id.as_str())
-        .await?
-        .ok_or(ApiError::NotFound("order"))?;
+    // The reply is the order as the views now have it, made from what was appended
+    // rather than read back.
+    let at = Timestamp::from_micros(placed[0].occurred_at_micros());
+    let pending = domain::Order {
+        id,
+        customer_id: order.customer_id.as_str().to_owned(),
+        status: domain::OrderStatus::Pending,
+        lines: order
+            .lines
+            .iter()
+            .map(|l| domain::OrderLineRecord {
+                product_id: l.product_id.as_str().to_owned(),
+                quantity: l.quantity.units(),
+                unit_price_cents: l.unit_price.cents(),
+            })
+            .collect(),
+        total_cents: order.total.cents(),
+        currency: order.total.currency(),
+        cancel_reason: None,
+        created_at: at,
+        updated_at: at,
+    };
     tx.commit().await?;
-    Ok(accepted(placed, false))
+    Ok(accepted(pending, false))
 }
 
 /// The order `key` placed before: the same order again, or 422 for a different request.
