@@ -32,6 +32,10 @@
 //! the whole `ack_wait` (seen with nats-server 2.9: the first message handed back went
 //! there, `a_closed_member_leaves_nothing_behind_for_ack_wait` shows it).
 //!
+//! Lag: [`Nats::lag`] counts what a group has not acknowledged; [`Nats::partition_positions`]
+//! (module `lag`) gives the lag monitor a group's committed, end and oldest unconsumed
+//! sequences and the times of both.
+//!
 //! Ordering — what JetStream guarantees, precisely:
 //!
 //! - one member receives a stream in order, and the runtime keeps per-key order from
@@ -61,6 +65,10 @@ use eddy_core::{
 };
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
+
+mod lag;
+
+pub use lag::PartitionPosition;
 
 /// How long closing a member waits for messages already on their way to it, to hand them
 /// back at once rather than after `ack_wait`.
