@@ -187,13 +187,23 @@ impl PartitionProbe for Broker {
     ) -> Result<Vec<PartitionSample>, eddy_core::Error> {
         match self {
             Broker::Embedded(log) => log.partition_samples(group, topic).await,
-            // Their probes need the broker's own facts (docs/lag.md); until then the
-            // monitor shows these groups without partitions, and consumer_lag_messages
-            // still has their totals.
+            // One partition (the topic's stream); offsets are stream sequences, from 1.
             #[cfg(feature = "nats")]
-            Broker::Nats(_) => Err(eddy_core::Error::permanent(
-                "per-partition lag is not sampled on NATS yet",
-            )),
+            Broker::Nats(nats) => Ok(nats
+                .partition_positions(group, topic)
+                .await?
+                .into_iter()
+                .map(|p| PartitionSample {
+                    partition: p.partition,
+                    end_offset: p.end_offset,
+                    committed_offset: p.committed_offset,
+                    // The ack floor's last activity: any ack, so a stuck consumer that
+                    // still acks reads STALLED, not STOPPED.
+                    committed_at: p.committed_at,
+                    oldest_unconsumed_offset: p.oldest_unconsumed_offset,
+                    oldest_unconsumed_at: p.oldest_unconsumed_at,
+                })
+                .collect()),
             #[cfg(feature = "kafka")]
             Broker::Kafka(kafka) => Ok(kafka
                 .partition_lag(group, topic)
