@@ -6,7 +6,7 @@
 # does not within the time limit (printing what Prometheus and GET /lag said).
 #
 #   ops/check-alerts.sh                 # from the repository root; about 2 minutes
-#   ALERT_FOR=keep ops/check-alerts.sh  # the rules' own `for` (5 minutes): about 7 minutes
+#   ALERT_FOR=keep ops/check-alerts.sh  # the rules' own `for` (5 minutes): about 6 minutes
 #
 # Needs `prometheus` on the PATH (Debian's prometheus package; .ci/run installs it) and
 # builds the shop (debug) unless SHOP_BIN names a binary. Uses ports 18080, 18081 and
