@@ -11,7 +11,7 @@
 
 use async_trait::async_trait;
 
-use crate::{Envelope, Error};
+use crate::{Envelope, Error, OffsetDateTime};
 
 /// Sends events to a topic.
 #[async_trait]
@@ -68,4 +68,38 @@ pub struct Undecodable {
     pub headers: Vec<(String, String)>,
     pub payload: Vec<u8>,
     pub error: String,
+}
+
+/// One partition as a broker sees it at one moment, for one consumer group: what each
+/// adapter tells the lag monitor (`eddy_telemetry::PartitionProbe`; docs/lag.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionSample {
+    pub partition: u32,
+    /// The next offset the broker will write (Kafka's high watermark, NATS's last
+    /// sequence + 1).
+    pub end_offset: u64,
+    /// The group's committed position (the next offset it will read); `None` when it
+    /// never committed on this partition.
+    pub committed_offset: Option<u64>,
+    /// When the group last committed on this partition, if the broker tells. It is what
+    /// separates STALLED (commits arrive but do not move the offset) from STOPPED (no
+    /// commit during the window); without it, an offset that never moved counts as no
+    /// commit. See `docs/lag.md`.
+    pub committed_at: Option<OffsetDateTime>,
+    /// The oldest record the group has still to consume that the broker still keeps:
+    /// the committed offset, or the oldest kept one when the group never committed or
+    /// retention went past it; `end_offset` when nothing is left to consume. The lag
+    /// in messages is `end_offset - oldest_unconsumed_offset` (Kafka's count).
+    pub oldest_unconsumed_offset: u64,
+    /// When the broker stored the record at `oldest_unconsumed_offset`; `None` when
+    /// there is none (caught up) or the broker could not say.
+    pub oldest_unconsumed_at: Option<OffsetDateTime>,
+}
+
+impl PartitionSample {
+    /// Records not yet consumed.
+    pub fn lag_messages(&self) -> u64 {
+        self.end_offset
+            .saturating_sub(self.oldest_unconsumed_offset.min(self.end_offset))
+    }
 }

@@ -35,7 +35,9 @@ pub mod transport;
 pub mod upcast;
 
 pub use backoff::Backoff;
-pub use broker::{Delivery, Message, Publisher, Subscriber, Subscription, Undecodable};
+pub use broker::{
+    Delivery, Message, PartitionSample, Publisher, Subscriber, Subscription, Undecodable,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use envelope::{Envelope, EventId, Headers};
 pub use error::{Error, ErrorKind};

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eddy_core::{transport, Envelope, Error, Publisher, Subscriber, Subscription};
+use eddy_core::{transport, Envelope, Error, PartitionSample, Publisher, Subscriber, Subscription};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -277,87 +277,51 @@ impl Kafka {
         let topic = topic.to_owned();
         // Metadata, offset and watermark requests block their thread.
         tokio::task::spawn_blocking(move || -> Result<u64, KafkaError> {
-            let timeout = Duration::from_secs(5);
-            let metadata = reader.fetch_metadata(Some(&topic), timeout)?;
-            let partitions: Vec<i32> = metadata
-                .topics()
+            Ok(partition_offsets(&reader, &topic)?
                 .iter()
-                .filter(|t| t.name() == topic)
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            let mut list = TopicPartitionList::new();
-            for p in &partitions {
-                list.add_partition(&topic, *p);
-            }
-            let committed = reader.committed_offsets(list, timeout)?;
-            let mut lag = 0u64;
-            for p in partitions {
-                let (low, high) = reader.fetch_watermarks(&topic, p, timeout)?;
-                let position = match committed.find_partition(&topic, p).map(|e| e.offset()) {
-                    Some(Offset::Offset(offset)) => offset.max(low),
-                    _ => low,
-                };
-                lag += u64::try_from(high - position).unwrap_or(0);
-            }
-            Ok(lag)
+                .map(|p| {
+                    u64::try_from(p.high - p.committed.unwrap_or(p.low).max(p.low)).unwrap_or(0)
+                })
+                .sum())
         })
         .await
         .map_err(|e| Error::transient("lag task failed").with_source(e))?
         .map_err(|e| kafka_error("cannot read the consumer lag", e))
     }
 
-    /// Every partition of `topic` as Eddy group `group` sees it: the high watermark (the
-    /// next offset written), the group's committed offset, and the oldest record it has
-    /// still to consume that the broker keeps (the committed offset, or the low
-    /// watermark when the group never committed there or retention went past it) with
-    /// that record's timestamp, read by fetching it. For the lag monitor
-    /// (`eddy_telemetry::PartitionProbe`; docs/lag.md). Kafka does not say when a group
-    /// last committed, so `committed_at` is never known here.
-    pub async fn partition_lag(
+    /// Every partition of `topic` as Eddy group `group` sees it, for the lag monitor
+    /// (docs/lag.md): the high watermark (the next offset written), the group's committed
+    /// offset, and the oldest record it has still to consume that the broker keeps (the
+    /// committed offset, or the low watermark when the group never committed there or
+    /// retention went past it) with that record's timestamp, read by fetching it. Kafka
+    /// does not say when a group last committed, so `committed_at` is never known here.
+    pub async fn partition_samples(
         &self,
         group: &str,
         topic: &str,
-    ) -> Result<Vec<PartitionLag>, Error> {
+    ) -> Result<Vec<PartitionSample>, Error> {
         let reader = self.lag_reader(group, topic)?;
         let peeker = self.peeker()?;
         let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<Vec<PartitionLag>, KafkaError> {
-            let timeout = Duration::from_secs(5);
-            let metadata = reader.fetch_metadata(Some(&topic), timeout)?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == topic)
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            let mut list = TopicPartitionList::new();
-            for p in &partitions {
-                list.add_partition(&topic, *p);
-            }
-            let committed = reader.committed_offsets(list, timeout)?;
-            let mut lags = Vec::with_capacity(partitions.len());
-            for p in partitions {
-                let (low, high) = reader.fetch_watermarks(&topic, p, timeout)?;
-                let committed_offset = match committed.find_partition(&topic, p).map(|e| e.offset())
-                {
-                    Some(Offset::Offset(offset)) => Some(offset),
-                    _ => None,
-                };
-                let oldest = committed_offset.unwrap_or(low).max(low);
-                let oldest_at = if oldest < high {
-                    record_time(&peeker, &topic, p, oldest)?
+        tokio::task::spawn_blocking(move || -> Result<Vec<PartitionSample>, KafkaError> {
+            let mut samples = Vec::new();
+            for p in partition_offsets(&reader, &topic)? {
+                let oldest = p.committed.unwrap_or(p.low).max(p.low);
+                let oldest_at = if oldest < p.high {
+                    record_time(&peeker, &topic, p.partition, oldest)?
                 } else {
                     None
                 };
-                lags.push(PartitionLag {
-                    partition: u32::try_from(p).unwrap_or(0),
-                    end_offset: u64::try_from(high).unwrap_or(0),
-                    committed_offset: committed_offset.and_then(|o| u64::try_from(o).ok()),
-                    oldest_unconsumed_offset: u64::try_from(oldest.min(high)).unwrap_or(0),
+                samples.push(PartitionSample {
+                    partition: u32::try_from(p.partition).unwrap_or(0),
+                    end_offset: u64::try_from(p.high).unwrap_or(0),
+                    committed_offset: p.committed.and_then(|o| u64::try_from(o).ok()),
+                    committed_at: None,
+                    oldest_unconsumed_offset: u64::try_from(oldest.min(p.high)).unwrap_or(0),
                     oldest_unconsumed_at: oldest_at,
                 });
             }
-            Ok(lags)
+            Ok(samples)
         })
         .await
         .map_err(|e| Error::transient("lag task failed").with_source(e))?
@@ -505,18 +469,53 @@ pub fn group_id(group: &str, topic: &str) -> String {
 /// The group id of the consumer that fetches records for their timestamps.
 const PEEKER: &str = "eddy-lag-peeker";
 
-/// One partition of a topic as a group sees it ([`Kafka::partition_lag`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionLag {
-    pub partition: u32,
-    /// The high watermark: the next offset written.
-    pub end_offset: u64,
-    /// The group's committed offset (the next it reads); `None` before its first commit.
-    pub committed_offset: Option<u64>,
-    /// The oldest record still to consume that the broker keeps; `end_offset` when none.
-    pub oldest_unconsumed_offset: u64,
-    /// That record's timestamp; `None` when there is none or it could not be fetched.
-    pub oldest_unconsumed_at: Option<time::OffsetDateTime>,
+/// One partition's offsets for a group: its watermarks and the group's committed offset.
+struct PartitionOffsets {
+    partition: i32,
+    low: i64,
+    high: i64,
+    /// `None` before the group's first commit there.
+    committed: Option<i64>,
+}
+
+/// The offsets of every partition of `topic` for the group `reader` reads the commits
+/// of (metadata, committed offsets and watermarks: blocking requests).
+fn partition_offsets(
+    reader: &BaseConsumer,
+    topic: &str,
+) -> Result<Vec<PartitionOffsets>, KafkaError> {
+    let timeout = Duration::from_secs(5);
+    let metadata = reader.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut list = TopicPartitionList::new();
+    for p in &partitions {
+        list.add_partition(topic, *p);
+    }
+    let committed = reader.committed_offsets(list, timeout)?;
+    partitions
+        .into_iter()
+        .map(|partition| {
+            let (low, high) = reader.fetch_watermarks(topic, partition, timeout)?;
+            let committed = match committed
+                .find_partition(topic, partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(offset)) => Some(offset),
+                _ => None,
+            };
+            Ok(PartitionOffsets {
+                partition,
+                low,
+                high,
+                committed,
+            })
+        })
+        .collect()
 }
 
 /// The timestamp of the record at `offset` of `topic`/`partition`: assigns the peeker

@@ -1,4 +1,4 @@
-//! The lag monitor's facts per partition (`Kafka::partition_lag`), against rdkafka's
+//! The lag monitor's facts per partition (`Kafka::partition_samples`), against rdkafka's
 //! in-process `MockCluster`: end, committed and the oldest unconsumed record with its
 //! timestamp, for a group that never consumed and one that consumed everything.
 
@@ -29,7 +29,7 @@ async fn partitions_tell_their_end_commit_and_oldest_unconsumed_record() {
     let after = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
 
     // A group that never consumed: everything waits, from the first record.
-    let idle = kafka.partition_lag("idle", TOPIC).await.unwrap();
+    let idle = kafka.partition_samples("idle", TOPIC).await.unwrap();
     assert_eq!(idle.len(), 2);
     assert_eq!(idle.iter().map(|p| p.end_offset).sum::<u64>(), 20);
     for p in &idle {
@@ -46,7 +46,7 @@ async fn partitions_tell_their_end_commit_and_oldest_unconsumed_record() {
     let subscription = kafka.subscribe(TOPIC, "checker").await.unwrap();
     receive_distinct_in_key_order(subscription.as_ref(), 20).await;
     subscription.close().await.unwrap();
-    let done = kafka.partition_lag("checker", TOPIC).await.unwrap();
+    let done = kafka.partition_samples("checker", TOPIC).await.unwrap();
     for p in &done {
         assert_eq!(p.committed_offset, Some(p.end_offset), "{p:?}");
         assert_eq!(p.oldest_unconsumed_offset, p.end_offset);

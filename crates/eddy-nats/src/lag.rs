@@ -1,9 +1,14 @@
 //! A consumer group's position on a topic, for the lag monitor (`eddy_telemetry`'s
 //! `PartitionProbe`; the rules are in `docs/lag.md`).
 //!
-//! This crate does not depend on eddy-telemetry (that would pull async-nats into every
-//! user of the monitor), so it answers with [`PartitionPosition`], whose fields mean what
-//! `PartitionSample`'s do, and the application maps one onto the other.
+//! It answers with `eddy_core::PartitionSample`, as every adapter does. Its NATS facts:
+//! a topic is one stream (partition 0); the committed offset is the group's durable
+//! consumer's ack floor + 1 (the first message it has not acknowledged — later ones may be
+//! acknowledged singly and still count as lag, as Kafka counts them), `None` when the
+//! consumer does not exist; `committed_at` is the ack floor's `last_active`, moved by any
+//! ack whether or not it moved the floor (nats-server 2.9.10), which tells a STALLED
+//! consumer from a STOPPED one; the oldest unconsumed message is the first the stream
+//! still keeps at or after the committed offset, timed by the server's clock.
 //!
 //! Offsets are the adapter's: a delivery's offset is its stream sequence, which JetStream
 //! numbers from 1. The embedded log's meanings are kept — the end offset is the next one
@@ -14,46 +19,9 @@
 use async_nats::jetstream::consumer::SequenceInfo;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::RawMessageErrorKind;
-use eddy_core::{Error, OffsetDateTime};
+use eddy_core::{Error, PartitionSample};
 
 use crate::{transient, Nats};
-
-/// A topic's one JetStream "partition": its stream, as a consumer group sees it at one
-/// moment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionPosition {
-    /// Always 0: a topic is one stream.
-    pub partition: u32,
-    /// The next sequence the stream will assign: its `last_seq + 1` (1 for a stream
-    /// that never held a message).
-    pub end_offset: u64,
-    /// The next message the group will read: its durable consumer's ack floor + 1, the
-    /// first message it has not acknowledged (later ones may be acknowledged singly; they
-    /// still count as lag, as Kafka counts them). `None` when the group's consumer does
-    /// not exist: the group never subscribed.
-    pub committed_offset: Option<u64>,
-    /// When the server last took an ack from the group (the ack floor's `last_active`),
-    /// whether or not it moved the floor (an ack above a gap moves this time and not the
-    /// offset; nats-server 2.9.10 does so) — what tells a STALLED consumer from a
-    /// STOPPED one. `None` when the group never acknowledged anything.
-    pub committed_at: Option<OffsetDateTime>,
-    /// The first message the group has still to consume that the stream still keeps:
-    /// the first kept at or after the committed offset (or after the stream's first
-    /// sequence when the group never subscribed or limits removed what it had not
-    /// read); `end_offset` when nothing is left.
-    pub oldest_unconsumed_offset: u64,
-    /// When the stream stored the message at `oldest_unconsumed_offset` (the server's
-    /// clock, not the event's `occurred_at`); `None` when nothing is left.
-    pub oldest_unconsumed_at: Option<OffsetDateTime>,
-}
-
-impl PartitionPosition {
-    /// Messages the group has not consumed: `end_offset - oldest_unconsumed_offset`.
-    pub fn lag_messages(&self) -> u64 {
-        self.end_offset
-            .saturating_sub(self.oldest_unconsumed_offset)
-    }
-}
 
 impl Nats {
     /// Where `group` stands on `topic`: one position (partition 0), or none when the
@@ -62,11 +30,11 @@ impl Nats {
     /// Three requests: the consumer's info (its ack floor), then the stream's (its
     /// sequences) — in that order, so the committed offset is never past the end — then
     /// the first message kept at or after the oldest unconsumed sequence, for its time.
-    pub async fn partition_positions(
+    pub async fn partition_samples(
         &self,
         group: &str,
         topic: &str,
-    ) -> Result<Vec<PartitionPosition>, Error> {
+    ) -> Result<Vec<PartitionSample>, Error> {
         let name = self.stream_name(topic);
         let stream = self
             .js
@@ -120,7 +88,7 @@ impl Nats {
             Some((sequence, at)) => (sequence, Some(at)),
             None => (end_offset, None),
         };
-        Ok(vec![PartitionPosition {
+        Ok(vec![PartitionSample {
             partition: 0,
             end_offset,
             committed_offset,

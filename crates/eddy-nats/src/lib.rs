@@ -68,8 +68,6 @@ use tokio_util::sync::CancellationToken;
 
 mod lag;
 
-pub use lag::PartitionPosition;
-
 /// How long closing a member waits for messages already on their way to it, to hand them
 /// back at once rather than after `ack_wait`.
 const CLOSE_DRAIN_MAX: Duration = Duration::from_millis(50);

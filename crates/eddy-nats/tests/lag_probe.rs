@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
+use eddy_core::PartitionSample;
 use eddy_core::{OffsetDateTime, Publisher, Subscriber, Subscription};
-use eddy_nats::{Nats, NatsConfig, PartitionPosition};
+use eddy_nats::{Nats, NatsConfig};
 use eddy_testkit::events::Numbered;
 
 /// How far the server's time stamp may be from the test's clock around it (one host,
@@ -49,10 +50,10 @@ impl Fixture {
         (before, OffsetDateTime::now_utc())
     }
 
-    async fn position(&self, group: &str) -> PartitionPosition {
+    async fn position(&self, group: &str) -> PartitionSample {
         let mut positions = self
             .nats
-            .partition_positions(group, &self.topic)
+            .partition_samples(group, &self.topic)
             .await
             .unwrap();
         assert_eq!(
@@ -65,7 +66,7 @@ impl Fixture {
 
     /// The position once the group's committed offset is `committed` (acks reach the
     /// server asynchronously).
-    async fn position_once_committed(&self, group: &str, committed: u64) -> PartitionPosition {
+    async fn position_once_committed(&self, group: &str, committed: u64) -> PartitionSample {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let position = self.position(group).await;
@@ -174,7 +175,7 @@ async fn a_group_subscribed_to_an_empty_stream_has_no_lag() {
     let billing = fixture.position("billing").await;
     assert_eq!(
         billing,
-        PartitionPosition {
+        PartitionSample {
             partition: 0,
             end_offset: 1,
             committed_offset: Some(1),
@@ -191,7 +192,7 @@ async fn a_topic_without_a_stream_has_no_partitions() {
     let fixture = Fixture::new().await;
     let positions = fixture
         .nats
-        .partition_positions("billing", "never-created")
+        .partition_samples("billing", "never-created")
         .await
         .unwrap();
     assert_eq!(positions, []);

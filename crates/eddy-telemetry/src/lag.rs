@@ -13,6 +13,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use eddy_core::broker::PartitionSample;
 use eddy_core::{async_trait, Clock, Error, OffsetDateTime};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -20,39 +21,6 @@ use tokio_util::sync::CancellationToken;
 /// The most samples a window may be configured to keep per partition: a guard against
 /// a configuration typo, far above any useful window.
 pub const WINDOW_LEN_LIMIT: usize = 10_000;
-
-/// One partition as a broker sees it at one moment, for one consumer group.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PartitionSample {
-    pub partition: u32,
-    /// The next offset the broker will write (Kafka's high watermark, NATS's last
-    /// sequence + 1).
-    pub end_offset: u64,
-    /// The group's committed position (the next offset it will read); `None` when it
-    /// never committed on this partition.
-    pub committed_offset: Option<u64>,
-    /// When the group last committed on this partition, if the broker tells. It is what
-    /// separates STALLED (commits arrive but do not move the offset) from STOPPED (no
-    /// commit during the window); without it, an offset that never moved counts as no
-    /// commit. See `docs/lag.md`.
-    pub committed_at: Option<OffsetDateTime>,
-    /// The oldest record the group has still to consume that the broker still keeps:
-    /// the committed offset, or the oldest kept one when the group never committed or
-    /// retention went past it; `end_offset` when nothing is left to consume. The lag
-    /// in messages is `end_offset - oldest_unconsumed_offset` (Kafka's count).
-    pub oldest_unconsumed_offset: u64,
-    /// When the broker stored the record at `oldest_unconsumed_offset`; `None` when
-    /// there is none (caught up) or the broker could not say.
-    pub oldest_unconsumed_at: Option<OffsetDateTime>,
-}
-
-impl PartitionSample {
-    /// Records not yet consumed.
-    pub fn lag_messages(&self) -> u64 {
-        self.end_offset
-            .saturating_sub(self.oldest_unconsumed_offset.min(self.end_offset))
-    }
-}
 
 /// Where per-partition samples come from: each broker adapter can tell. The embedded
 /// log implements it here; Kafka and NATS need the same three facts (see

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use eddy_core::PartitionSample;
 use eddy_core::{async_trait, Publisher, Subscriber};
 use eddy_log::{Log, LogConfig};
-use eddy_telemetry::{LagProbe, PartitionProbe, PartitionSample};
+use eddy_telemetry::{LagProbe, PartitionProbe};
 
 use crate::config::{BrokerConfig, BrokerKind, Config, Database};
 use crate::contracts::TOPICS;
@@ -187,38 +188,10 @@ impl PartitionProbe for Broker {
     ) -> Result<Vec<PartitionSample>, eddy_core::Error> {
         match self {
             Broker::Embedded(log) => log.partition_samples(group, topic).await,
-            // One partition (the topic's stream); offsets are stream sequences, from 1.
             #[cfg(feature = "nats")]
-            Broker::Nats(nats) => Ok(nats
-                .partition_positions(group, topic)
-                .await?
-                .into_iter()
-                .map(|p| PartitionSample {
-                    partition: p.partition,
-                    end_offset: p.end_offset,
-                    committed_offset: p.committed_offset,
-                    // The ack floor's last activity: any ack, so a stuck consumer that
-                    // still acks reads STALLED, not STOPPED.
-                    committed_at: p.committed_at,
-                    oldest_unconsumed_offset: p.oldest_unconsumed_offset,
-                    oldest_unconsumed_at: p.oldest_unconsumed_at,
-                })
-                .collect()),
+            Broker::Nats(nats) => nats.partition_samples(group, topic).await,
             #[cfg(feature = "kafka")]
-            Broker::Kafka(kafka) => Ok(kafka
-                .partition_lag(group, topic)
-                .await?
-                .into_iter()
-                .map(|p| PartitionSample {
-                    partition: p.partition,
-                    end_offset: p.end_offset,
-                    committed_offset: p.committed_offset,
-                    // Kafka does not tell when a group last committed.
-                    committed_at: None,
-                    oldest_unconsumed_offset: p.oldest_unconsumed_offset,
-                    oldest_unconsumed_at: p.oldest_unconsumed_at,
-                })
-                .collect()),
+            Broker::Kafka(kafka) => kafka.partition_samples(group, topic).await,
         }
     }
 }
