@@ -33,11 +33,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use eddy_core::envelope::to_micros;
 use eddy_core::Error;
-use eddy_sql::{classify, Backend, Tx};
+use eddy_sql::{classify, Tx};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{head, read_all, EventStore, Recorded};
+use crate::store::{for_update, head, lock_sequence, read_all, EventStore, Recorded};
 
 /// A read model folded from the store's events.
 #[async_trait]
@@ -324,12 +324,7 @@ impl Projector {
         // The swap: no append can commit between the last event applied and the views
         // moving (the sequence's lock), nor can the live generation's checkpoint move.
         let mut tx = self.store.db().begin().await?;
-        if tx.backend() == Backend::Postgres {
-            sqlx::query("SELECT next_position FROM eddy_es_sequence WHERE id = 1 FOR UPDATE")
-                .execute(tx.conn())
-                .await
-                .map_err(|e| classify("cannot lock the sequence", e))?;
-        }
+        lock_sequence(&mut tx).await?;
         let live = self.checkpoint(&mut tx).await?;
         self.hold_rebuild(&mut tx, generation, position).await?;
         loop {
@@ -399,11 +394,7 @@ impl Projector {
     /// The checkpoint, its row locked until `tx` ends (SQLite's writers are serialised
     /// by `BEGIN IMMEDIATE` already).
     async fn checkpoint(&self, tx: &mut Tx) -> Result<Checkpoint, Error> {
-        let lock = if tx.backend() == Backend::Postgres {
-            " FOR UPDATE"
-        } else {
-            ""
-        };
+        let lock = for_update(tx);
         let row: Option<(i64, i64, i64)> = sqlx::query_as(&format!(
             "SELECT generation, position, replay_until FROM eddy_es_projections WHERE name = $1{lock}"
         ))
@@ -471,11 +462,7 @@ impl Projector {
     /// Locks the rebuild's row and checks it is where this rebuild left it: a
     /// concurrent rebuild of the same projection moved it.
     async fn hold_rebuild(&self, tx: &mut Tx, generation: u64, position: u64) -> Result<(), Error> {
-        let lock = if tx.backend() == Backend::Postgres {
-            " FOR UPDATE"
-        } else {
-            ""
-        };
+        let lock = for_update(tx);
         let row: Option<(i64, i64)> = sqlx::query_as(&format!(
             "SELECT generation, position FROM eddy_es_rebuilds WHERE name = $1{lock}"
         ))

@@ -162,12 +162,7 @@ impl EventStore {
         // The sequence first, the stream second, in every append: two appends in one
         // transaction cannot deadlock against another transaction's (SQLite's writers
         // are serialised by BEGIN IMMEDIATE already).
-        if tx.backend() == eddy_sql::Backend::Postgres {
-            sqlx::query("SELECT next_position FROM eddy_es_sequence WHERE id = 1 FOR UPDATE")
-                .execute(tx.conn())
-                .await
-                .map_err(|e| classify("cannot lock the sequence", e))?;
-        }
+        lock_sequence(tx).await?;
         let version = reserve_versions(tx, stream, expected, count).await?;
         // Recorded times never go back, whatever the clocks of the processes appending:
         // an append is stamped no earlier than the one before it, so what was recorded by
@@ -328,6 +323,29 @@ impl EventStore {
         let found = self.already_in(&mut tx, stream, events).await;
         let _ = tx.rollback().await;
         found
+    }
+}
+
+/// Takes the global sequence's row lock until `tx` ends: appends commit one after the
+/// other, so positions become visible in order. (SQLite's writers are serialised by
+/// `BEGIN IMMEDIATE` already.)
+pub(crate) async fn lock_sequence(tx: &mut Tx) -> Result<(), Error> {
+    if tx.backend() == eddy_sql::Backend::Postgres {
+        sqlx::query("SELECT next_position FROM eddy_es_sequence WHERE id = 1 FOR UPDATE")
+            .execute(tx.conn())
+            .await
+            .map_err(|e| classify("cannot lock the sequence", e))?;
+    }
+    Ok(())
+}
+
+/// ` FOR UPDATE` on PostgreSQL, nothing on SQLite (whose writers `BEGIN IMMEDIATE`
+/// serialises): to lock the rows a `SELECT` reads until `tx` ends.
+pub(crate) fn for_update(tx: &Tx) -> &'static str {
+    if tx.backend() == eddy_sql::Backend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
     }
 }
 
