@@ -288,26 +288,24 @@ async fn run_on(args: &Args, url: &str) -> anyhow::Result<Results> {
     })
 }
 
-/// `args.appends` single-event appends with `Exact` versions by `writers` writers, each
-/// going round streams of its own; appends per second.
-async fn appends(store: &EventStore, args: &Args, writers: u64, tag: &str) -> anyhow::Result<f64> {
+/// Runs `write(w, i, streams)` for each writer `w` of `writers` at once, `i` going
+/// through that writer's share of `args.appends`, `streams` its share of `args.streams`
+/// (write `i` goes to stream `i % streams`, as its version `i / streams + 1`); writes per
+/// second over all of them.
+async fn writes_per_sec<F, Fut>(args: &Args, writers: u64, write: F) -> anyhow::Result<f64>
+where
+    F: Fn(u64, u64, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
     let per_writer = args.appends / writers;
     let streams = (args.streams / writers).max(1);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let store = store.clone();
-        let tag = tag.to_owned();
+        let write = write.clone();
         tasks.push(tokio::spawn(async move {
-            let mut versions = vec![0u64; streams as usize];
             for i in 0..per_writer {
-                let s = (i % streams) as usize;
-                let stream = format!("{tag}-{w}-{s}");
-                store
-                    .append(&stream, Expected::Exact(versions[s]), &[event(&stream, i)])
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                versions[s] += 1;
+                write(w, i, streams).await?;
             }
             anyhow::Ok(())
         }));
@@ -318,44 +316,56 @@ async fn appends(store: &EventStore, args: &Args, writers: u64, tag: &str) -> an
     Ok((per_writer * writers) as f64 / started.elapsed().as_secs_f64())
 }
 
+/// `args.appends` single-event appends with `Exact` versions by `writers` writers, each
+/// going round streams of its own; appends per second.
+async fn appends(store: &EventStore, args: &Args, writers: u64, tag: &str) -> anyhow::Result<f64> {
+    let (store, tag) = (store.clone(), tag.to_owned());
+    writes_per_sec(args, writers, move |w, i, streams| {
+        let (store, stream) = (store.clone(), format!("{tag}-{w}-{}", i % streams));
+        async move {
+            store
+                .append(&stream, Expected::Exact(i / streams), &[event(&stream, i)])
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(())
+        }
+    })
+    .await
+}
+
 /// The rows `appends` writes, inserted one per transaction into a copy of the events
 /// table (same columns and indexes), positions from a counter; rows per second.
 async fn raw_inserts(db: &Db, args: &Args, writers: u64, first: u64) -> anyhow::Result<f64> {
     let per_writer = args.appends / writers;
-    let streams = (args.streams / writers).max(1);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let db = db.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..per_writer {
-                let s = i % streams;
-                let stream = format!("raw-{first}-{w}-{s}");
-                let envelope = event(&stream, i);
-                let position = first + w * per_writer + i + 1;
-                let sql = format!(
-                    "INSERT INTO raw_events (position, stream, version, recorded_at_us, {}) VALUES ($1, $2, $3, $4, {})",
-                    eddy_sql::envelope_row::COLUMNS,
-                    (5..=13).map(|p| format!("${p}")).collect::<Vec<_>>().join(", ")
-                );
-                eddy_sql::envelope_row::bind_envelope(
-                    sqlx::query(&sql)
-                        .bind(position as i64)
-                        .bind(&stream)
-                        .bind((i / streams + 1) as i64)
-                        .bind(eddy_core::envelope::to_micros(time::OffsetDateTime::now_utc())),
-                    &envelope,
-                )
-                .execute(db.pool())
-                .await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    Ok((per_writer * writers) as f64 / started.elapsed().as_secs_f64())
+    let sql: std::sync::Arc<str> = format!(
+        "INSERT INTO raw_events (position, stream, version, recorded_at_us, {}) VALUES ($1, $2, $3, $4, {})",
+        eddy_sql::envelope_row::COLUMNS,
+        (5..=13).map(|p| format!("${p}")).collect::<Vec<_>>().join(", ")
+    )
+    .into();
+    let db = db.clone();
+    writes_per_sec(args, writers, move |w, i, streams| {
+        let (db, sql) = (db.clone(), sql.clone());
+        let stream = format!("raw-{first}-{w}-{}", i % streams);
+        async move {
+            let envelope = event(&stream, i);
+            let position = first + w * per_writer + i + 1;
+            eddy_sql::envelope_row::bind_envelope(
+                sqlx::query(&sql)
+                    .bind(position as i64)
+                    .bind(&stream)
+                    .bind((i / streams + 1) as i64)
+                    .bind(eddy_core::envelope::to_micros(
+                        time::OffsetDateTime::now_utc(),
+                    )),
+                &envelope,
+            )
+            .execute(db.pool())
+            .await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 async fn median_ms<F, Fut>(times: usize, f: F) -> anyhow::Result<f64>
