@@ -32,7 +32,7 @@
 //! the whole `ack_wait` (seen with nats-server 2.9: the first message handed back went
 //! there, `a_closed_member_leaves_nothing_behind_for_ack_wait` shows it).
 //!
-//! Lag: [`Nats::lag`] counts what a group has not acknowledged; [`Nats::partition_positions`]
+//! Lag: [`Nats::lag`] counts what a group has not acknowledged; [`Nats::partition_samples`]
 //! (module `lag`) gives the lag monitor a group's committed, end and oldest unconsumed
 //! sequences and the times of both.
 //!

@@ -1,4 +1,4 @@
-//! `Nats::partition_positions` against the local nats-server (`EDDYTEST_NATS_URL`,
+//! `Nats::partition_samples` against the local nats-server (`EDDYTEST_NATS_URL`,
 //! default `nats://127.0.0.1:4222`): the offsets and times the lag monitor samples.
 //! Every test uses streams of its own and deletes them afterwards.
 
