@@ -10,14 +10,18 @@
 //! - [`events`] — small typed events for tests.
 //! - [`tansu`] — a Kafka-compatible broker started for one test.
 //! - [`redis`] — the shared Redis, and a `redis-server` of a test's own for fault tests.
+//! - [`otlp`] — [`OtlpReceiver`]: an OTLP/HTTP trace receiver capturing the spans a
+//!   process exports, for asserting on traces without a collector.
 
 pub mod conformance;
 pub mod db;
 pub mod events;
+pub mod otlp;
 pub mod redis;
 pub mod tansu;
 
 pub use db::TestDb;
+pub use otlp::OtlpReceiver;
 
 /// Runs `work` to completion on a runtime of its own, in a thread of its own. For
 /// clean-up in `Drop`, which cannot await and also runs while a failed test unwinds
