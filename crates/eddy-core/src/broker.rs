@@ -20,12 +20,22 @@ pub trait Publisher: Send + Sync + 'static {
     /// `Err` any prefix of them may have been accepted (callers retry the whole batch,
     /// and consumers deduplicate by event id).
     async fn publish(&self, topic: &str, events: &[Envelope]) -> Result<(), Error>;
+
+    /// The broker's name in traces (`messaging.system`): `kafka`, `nats`, `eddy_log`.
+    fn system(&self) -> &'static str {
+        "unknown"
+    }
 }
 
 /// Opens subscriptions to a topic as a member of a consumer group.
 #[async_trait]
 pub trait Subscriber: Send + Sync + 'static {
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, Error>;
+
+    /// The broker's name in traces (`messaging.system`), as [`Publisher::system`].
+    fn system(&self) -> &'static str {
+        "unknown"
+    }
 }
 
 /// One member's view of a topic: fetch messages, commit what has been processed.

@@ -383,6 +383,10 @@ impl Kafka {
 
 #[async_trait]
 impl Publisher for Kafka {
+    fn system(&self) -> &'static str {
+        "kafka"
+    }
+
     async fn publish(&self, topic: &str, events: &[Envelope]) -> Result<(), Error> {
         self.ensure_topic(topic).await?;
         // Enqueue everything (the idempotent producer keeps per-partition order), then
@@ -434,6 +438,10 @@ impl Publisher for Kafka {
 
 #[async_trait]
 impl Subscriber for Kafka {
+    fn system(&self) -> &'static str {
+        "kafka"
+    }
+
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, Error> {
         Ok(Box::new(self.member(topic, group).await?))
     }

@@ -624,6 +624,10 @@ impl Log {
 
 #[async_trait]
 impl Publisher for Log {
+    fn system(&self) -> &'static str {
+        "eddy_log"
+    }
+
     async fn publish(&self, topic: &str, events: &[Envelope]) -> Result<(), Error> {
         let mut tx = self.inner.db.begin().await?;
         self.append(&mut tx, topic, events).await?;
@@ -633,6 +637,10 @@ impl Publisher for Log {
 
 #[async_trait]
 impl Subscriber for Log {
+    fn system(&self) -> &'static str {
+        "eddy_log"
+    }
+
     /// Returns a member that has joined `group`: see [`LogSubscription`].
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, Error> {
         let partitions = self.partitions(topic).await?;

@@ -252,6 +252,10 @@ impl Nats {
 
 #[async_trait]
 impl Publisher for Nats {
+    fn system(&self) -> &'static str {
+        "nats"
+    }
+
     async fn publish(&self, topic: &str, events: &[Envelope]) -> Result<(), Error> {
         if !self.known(topic) {
             self.ensure_topic(topic).await?;
@@ -298,6 +302,10 @@ impl Publisher for Nats {
 
 #[async_trait]
 impl Subscriber for Nats {
+    fn system(&self) -> &'static str {
+        "nats"
+    }
+
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, Error> {
         let stream = self.ensure_topic(topic).await?;
         let consumer: jetstream::consumer::PullConsumer = stream

@@ -101,7 +101,11 @@ impl Outbox {
             }
             let mut query = sqlx::query(&sql);
             for envelope in chunk {
-                query = envelope_row::bind_envelope(query.bind(topic).bind(now), envelope);
+                query = envelope_row::bind_envelope_with_headers(
+                    query.bind(topic).bind(now),
+                    envelope,
+                    headers_as_created(topic, envelope),
+                );
             }
             query
                 .execute(tx.conn())
@@ -138,5 +142,19 @@ impl Outbox {
             published_len: published.max(0) as u64,
             parked_len: parked.max(0) as u64,
         })
+    }
+}
+
+/// `envelope`'s headers as written to the outbox: carrying the context of the span that
+/// created it ([`eddy_trace::create`]), so consumers' spans are children of it — or, when
+/// no span is recorded here, the context it came with.
+fn headers_as_created(topic: &str, envelope: &Envelope) -> String {
+    match eddy_trace::create(topic, envelope) {
+        Some(context) => {
+            let mut headers = envelope.headers.clone();
+            eddy_trace::inject(&context, &mut headers);
+            headers.to_json()
+        }
+        None => envelope.headers.to_json(),
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use eddy_core::envelope::{micros_before, to_micros};
 use eddy_core::{Envelope, Error, Publisher};
@@ -293,6 +294,20 @@ impl Relay {
         Ok(batch)
     }
 
+    /// One publish call, in its `send {topic}` span linked to each event's trace.
+    async fn send(&self, topic: &str, events: &[Envelope]) -> Result<(), Error> {
+        let span = eddy_trace::send_span(self.publisher.system(), topic, events);
+        let result = self
+            .publisher
+            .publish(topic, events)
+            .instrument(span.clone())
+            .await;
+        if result.is_err() {
+            eddy_trace::fail(&span);
+        }
+        result
+    }
+
     /// Publishes runs of consecutive rows with the same topic, in id order. A run the
     /// broker refuses permanently is published again row by row, so only the rows at
     /// fault are refused; a transient failure fails the batch (it is read again).
@@ -310,7 +325,7 @@ impl Relay {
                 .map_or(rows.len(), |n| start + n);
             let run = &rows[start..end];
             let events: Vec<Envelope> = run.iter().map(|r| r.envelope.clone()).collect();
-            match self.publisher.publish(topic, &events).await {
+            match self.send(topic, &events).await {
                 Ok(()) => published.ids.extend(run.iter().map(|r| r.id)),
                 Err(error) if error.is_transient() => return Err(error),
                 Err(error) if run.len() == 1 => {
@@ -319,11 +334,7 @@ impl Relay {
                 Err(error) => {
                     let refused_before = published.refused.len();
                     for row in run {
-                        match self
-                            .publisher
-                            .publish(topic, std::slice::from_ref(&row.envelope))
-                            .await
-                        {
+                        match self.send(topic, std::slice::from_ref(&row.envelope)).await {
                             Ok(()) => published.ids.push(row.id),
                             Err(error) if error.is_transient() => return Err(error),
                             Err(error) => published.refused.push((row.id, error.to_string())),

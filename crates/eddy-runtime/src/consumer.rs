@@ -16,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::dead_letter::{dead_letter, failure_kind, Failure, KIND_NEWER_SCHEMA};
 use crate::decision::{decide, Decision};
@@ -100,7 +101,7 @@ impl ConsumerStats {
 #[derive(Clone)]
 pub struct Consumer {
     topic: String,
-    group: String,
+    pub(crate) group: String,
     subscriber: Arc<dyn Subscriber>,
     dead_letters: Arc<dyn Publisher>,
     router: Router,
@@ -258,7 +259,9 @@ pub(crate) struct Shared {
     router: Router,
     dead_letters: Arc<dyn Publisher>,
     dead_letter_topic: String,
-    group: String,
+    pub(crate) group: String,
+    /// The broker's name in traces.
+    pub(crate) system: &'static str,
     config: ConsumerConfig,
     clock: Arc<dyn Clock>,
     stats: Arc<ConsumerStats>,
@@ -288,6 +291,7 @@ impl Shared {
                 .clone()
                 .unwrap_or_else(|| format!("{}.dlq", consumer.topic)),
             group: consumer.group,
+            system: consumer.subscriber.system(),
             clock: consumer.clock,
             stats: consumer.stats,
             tracker: Mutex::new(OffsetTracker::new()),
@@ -517,6 +521,9 @@ pub(crate) async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
             None => return Outcome::Abandoned,
             Some(Ok(())) => {
                 shared.stats.handled.fetch_add(1, Ordering::Relaxed);
+                if attempt > 1 {
+                    tracing::Span::current().record("eddy.attempts", attempt);
+                }
                 return Outcome::Finished;
             }
             Some(Err(error)) => error,
@@ -551,6 +558,9 @@ pub(crate) async fn process(shared: &Shared, delivery: &Delivery) -> Outcome {
             }
             Decision::DeadLetter => {
                 let now = shared.clock.now();
+                let span = tracing::Span::current();
+                span.record("eddy.attempts", attempt);
+                eddy_trace::fail(&span);
                 tracing::warn!(event_id = %envelope.id, event_type = %envelope.event_type, attempt, %error, "message failed; dead-lettering");
                 let kind = failure_kind(&error, kind);
                 if kind == KIND_NEWER_SCHEMA {
@@ -589,12 +599,19 @@ fn let_go_for_shutdown(envelope: &Envelope) -> Outcome {
 /// only once it is either handled or safely parked.
 async fn send_dead_letter(shared: &Shared, delivery: &Delivery, failure: &Failure) -> Outcome {
     let letter = dead_letter(delivery, &shared.group, failure);
+    let letters = std::slice::from_ref(&letter);
     let mut attempt = 0u32;
     loop {
         attempt = attempt.saturating_add(1);
+        let send = eddy_trace::send_span(
+            shared.dead_letters.system(),
+            &shared.dead_letter_topic,
+            letters,
+        );
         match shared
             .dead_letters
-            .publish(&shared.dead_letter_topic, std::slice::from_ref(&letter))
+            .publish(&shared.dead_letter_topic, letters)
+            .instrument(send)
             .await
         {
             Ok(()) => {

@@ -11,7 +11,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use eddy_core::Message;
+use eddy_core::{Delivery, Message};
+use tracing::Instrument;
 
 use crate::consumer::{process, Outcome, Shared, Work};
 
@@ -113,11 +114,38 @@ pub(crate) fn schedule(shared: &Arc<Shared>, work: Work) {
     }
 }
 
+/// The span `delivery` is processed in (see [`eddy_trace::process_span`]): the event's
+/// headers now carry its context, so what the handler causes is its child. Bytes that
+/// are no envelope carry no context of their own.
+fn process_span(shared: &Shared, delivery: &mut Delivery) -> tracing::Span {
+    match &mut delivery.message {
+        Message::Event(envelope) => eddy_trace::process_span(
+            shared.system,
+            &delivery.topic,
+            &shared.group,
+            delivery.partition,
+            delivery.offset,
+            envelope,
+        ),
+        Message::Undecodable(_) => tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {}", delivery.topic),
+            otel.kind = "consumer",
+            messaging.system = shared.system,
+            messaging.destination.name = %delivery.topic,
+            messaging.consumer.group.name = %shared.group,
+            messaging.destination.partition.id = delivery.partition,
+            messaging.kafka.offset = delivery.offset,
+        ),
+    }
+}
+
 /// Processes a key's messages one after another until its queue is empty.
 async fn run_key(shared: Arc<Shared>, key: String, first: Work) {
     let mut work = first;
     loop {
-        match process(&shared, &work.delivery).await {
+        let span = process_span(&shared, &mut work.delivery);
+        match process(&shared, &work.delivery).instrument(span).await {
             Outcome::Finished => {
                 shared
                     .tracker()

@@ -36,6 +36,16 @@ type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q
 
 /// Binds the envelope columns of `envelope` in [`COLUMNS`] order.
 pub fn bind_envelope<'q>(query: AnyQuery<'q>, envelope: &'q Envelope) -> AnyQuery<'q> {
+    bind_envelope_with_headers(query, envelope, envelope.headers.to_json())
+}
+
+/// [`bind_envelope`] with `headers` (JSON) in place of the envelope's own: the
+/// envelope as written, such as with the trace context of the span that wrote it.
+pub fn bind_envelope_with_headers<'q>(
+    query: AnyQuery<'q>,
+    envelope: &'q Envelope,
+    headers: String,
+) -> AnyQuery<'q> {
     query
         .bind(envelope.id.to_string())
         .bind(envelope.event_type.as_str())
@@ -44,7 +54,7 @@ pub fn bind_envelope<'q>(query: AnyQuery<'q>, envelope: &'q Envelope) -> AnyQuer
         .bind(envelope.correlation_id.to_string())
         .bind(envelope.causation_id.map(|c| c.to_string()))
         .bind(envelope.key.as_str())
-        .bind(envelope.headers.to_json())
+        .bind(headers)
         .bind(envelope.payload.as_slice())
 }
 

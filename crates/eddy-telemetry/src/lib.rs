@@ -13,7 +13,11 @@
 //!   on a timer, bounded windows, lag in messages and seconds, rates, catch-up time and
 //!   a status per partition, topic and group; gauges and a JSON snapshot
 //!   (`docs/lag.md`).
-//! - [`logs`] — [`init_logs`]: JSON lines or text, filtered.
+//! - [`logs`] — [`init`]: JSON lines or text, filtered, each JSON line with the trace,
+//!   correlation and event ids of the work it was written in; and the bridge that
+//!   records Eddy's spans (`eddy-trace`) as OpenTelemetry spans.
+//! - [`traces`] — [`Traces`]: the OpenTelemetry SDK with an OTLP/HTTP exporter, off
+//!   until an endpoint is configured ([`TraceConfig`]).
 //!
 //! Metric names: `http_requests_total` and `http_request_duration_seconds` (route,
 //! method, status); `event_processing_duration_seconds` and `events_failed_total`
@@ -30,12 +34,14 @@ pub mod lag;
 pub mod logs;
 pub mod metrics;
 pub mod timed;
+pub mod traces;
 
 pub use exporter::{Exporter, LagProbe};
 pub use lag::{
     CatchUp, GroupLag, LagConfig, LagMonitor, LagSnapshot, LagStatus, PartitionLag, PartitionProbe,
     PartitionSample, TopicLag,
 };
-pub use logs::init_logs;
+pub use logs::{init, init_logs};
 pub use metrics::{known_method, prometheus, record_http};
 pub use timed::Timed;
+pub use traces::{OtlpProtocol, TraceConfig, Traces};

@@ -1,31 +1,140 @@
 //! Log setup.
 
-use tracing_subscriber::filter::FilterFn;
+use tracing_subscriber::filter::{FilterExt, FilterFn};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::prelude::*;
+use tracing_subscriber::registry::LookupSpan;
 
 /// Installs the log subscriber: JSON lines or text, filtered by `level` (tracing's
-/// filter syntax; `RUST_LOG` overrides it). A second call changes nothing.
+/// filter syntax; `RUST_LOG` overrides it), without traces. A second call changes
+/// nothing. See [`init`].
+pub fn init_logs(level: &str, json: bool) {
+    init(level, json, None);
+}
+
+/// Installs the log subscriber and, with `traces`, the OpenTelemetry bridge that gives
+/// Eddy's spans (`eddy-trace`) their contexts and hands them to the exporter. A second
+/// call changes nothing (tests start several platforms in one process).
+///
+/// The two are filtered apart: the log level decides which lines are written, never
+/// which spans exist — a platform logging only warnings still carries its traces. Only
+/// Eddy's own spans are traced (not every library's), and log events do not become
+/// span events.
 ///
 /// Colours only when stdout is a terminal (never escape codes in a file), PostgreSQL's
 /// notices (`relation … already exists, skipping`, a dozen per start) below the default
 /// level unless asked for, and librdkafka's known shutdown noise dropped (see
-/// [`noise_filter`]).
-pub fn init_logs(level: &str, json: bool) {
+/// [`noise_filter`]). JSON lines carry, besides the event's own fields, the
+/// `trace_id`, `correlation_id` and `event_id` of the spans they were written in.
+pub fn init(level: &str, json: bool, traces: Option<&crate::Traces>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("sqlx::postgres::notice=warn,{level}"))
     });
     let text = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_target(false);
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(noise_filter());
-    // An error means a subscriber is installed already (tests start several platforms).
-    let _ = if json {
-        registry.with(text.json()).try_init()
+    let lines = if json {
+        text.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(FlatJson)
+            .with_filter(filter.and(noise_filter()))
+            .boxed()
     } else {
-        registry.with(text).try_init()
+        text.with_filter(filter.and(noise_filter())).boxed()
     };
+    let spans = traces.map(|traces| {
+        tracing_opentelemetry::layer()
+            .with_tracer(traces.tracer())
+            .with_filter(FilterFn::new(|meta: &tracing::Metadata<'_>| {
+                meta.is_span() && meta.target().starts_with("eddy_")
+            }))
+    });
+    // An error means a subscriber is installed already.
+    let _ = tracing_subscriber::registry()
+        .with(lines)
+        .with(spans)
+        .try_init();
+}
+
+/// The span fields a JSON line carries, innermost span first to decide.
+const SPAN_FIELDS: [&str; 3] = ["trace_id", "correlation_id", "event_id"];
+
+/// One JSON object per line: `timestamp`, `level`, `target`, the event's fields
+/// (`message` among them) and [`SPAN_FIELDS`] from the spans it was written in.
+#[derive(Debug, Clone, Copy)]
+struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = serde_json::Map::new();
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        line.insert("timestamp".into(), now.into());
+        line.insert("level".into(), event.metadata().level().as_str().into());
+        line.insert("target".into(), event.metadata().target().into());
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let Some(fields) = extensions.get::<FormattedFields<N>>() else {
+                    continue;
+                };
+                let Ok(serde_json::Value::Object(fields)) =
+                    serde_json::from_str::<serde_json::Value>(fields.as_str())
+                else {
+                    continue;
+                };
+                for (name, value) in fields {
+                    if SPAN_FIELDS.contains(&name.as_str()) {
+                        line.insert(name, value);
+                    }
+                }
+            }
+        }
+        event.record(&mut JsonVisitor(&mut line));
+        writeln!(writer, "{}", serde_json::Value::Object(line))
+    }
+}
+
+/// Writes an event's fields into a JSON object.
+struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_error(
+        &mut self,
+        field: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        self.0.insert(field.name().into(), value.to_string().into());
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
 }
 
 /// Drops log lines that say nothing is wrong. Today one: rdkafka's `BaseConsumer` closes
@@ -75,5 +184,72 @@ mod tests {
             tracing::error!("ours");
         });
         assert_eq!(seen.load(Ordering::Relaxed), 3);
+    }
+
+    /// A writer the test reads back.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_written_while_handling_an_event_name_its_trace_correlation_and_event() {
+        use eddy_core::{Envelope, Headers, OffsetDateTime};
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        // No endpoint: nothing exported, but contexts exist to carry and to log.
+        let traces = crate::Traces::new("test", &crate::TraceConfig::default()).unwrap();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .event_format(super::FlatJson)
+                    .with_writer(move || writer.clone()),
+            )
+            .with(tracing_opentelemetry::layer().with_tracer(traces.tracer()));
+        let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut envelope = Envelope::new("t.E", 1, "k", Vec::new(), OffsetDateTime::UNIX_EPOCH)
+            .with_header(Headers::TRACEPARENT, caller);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("before");
+            let span = eddy_trace::process_span("eddy_log", "orders", "g", 0, 1, &mut envelope);
+            span.in_scope(|| {
+                let inner = tracing::info_span!("inner", step = 2);
+                inner.in_scope(|| tracing::warn!(attempt = 3_u64, "inside"));
+            });
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["message"], "before");
+        assert!(lines[0].get("trace_id").is_none(), "{}", lines[0]);
+        let inside = &lines[1];
+        assert_eq!(inside["message"], "inside");
+        assert_eq!(inside["level"], "WARN");
+        assert_eq!(inside["attempt"], 3);
+        assert_eq!(inside["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(inside["event_id"], envelope.id.to_string());
+        assert_eq!(
+            inside["correlation_id"],
+            envelope.correlation_id.to_string()
+        );
+        // The event now carries the processing span's own context, in the same trace.
+        let carried = envelope.headers.get(Headers::TRACEPARENT).unwrap();
+        assert!(
+            carried.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{carried}"
+        );
+        assert_ne!(carried, caller);
     }
 }
