@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -65,7 +66,7 @@ async fn record(request: Request, next: axum::middleware::Next) -> Response {
     let route = route_label(request.uri().path());
     let method = request.method().clone();
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    let response = crate::platform::http::traced(route, request, next).await;
     eddy_telemetry::record_http(route, &method, response.status(), started.elapsed());
     response
 }
@@ -175,13 +176,30 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
             return crate::problem::ApiError::Unexpected(anyhow::Error::new(error)).into_response()
         }
     };
+    let call = eddy_trace::client_span(&format!("{method} {upstream}"), upstream);
     let mut outbound = gateway.http.request(method, &url).body(body);
+    let context = eddy_trace::context_of(&call);
     for name in FORWARDED_REQUEST {
+        // The service's span is the child of this call's, not of the client's.
+        if context.is_some() && (name == "traceparent" || name == "tracestate") {
+            continue;
+        }
         if let Some(value) = headers.get(name) {
             outbound = outbound.header(name, value);
         }
     }
-    match outbound.send().await {
+    if let Some(context) = &context {
+        outbound = outbound.header("traceparent", eddy_trace::traceparent(context));
+        let state = context.trace_state().header();
+        if !state.is_empty() {
+            outbound = outbound.header("tracestate", state);
+        }
+    }
+    let sent = outbound.send().instrument(call.clone()).await;
+    if let Ok(answer) = &sent {
+        call.record("http.response.status_code", answer.status().as_u16());
+    }
+    match sent {
         Ok(answer) => pass_back(answer).await,
         Err(error) => {
             tracing::warn!(%url, %error, "upstream unreachable");

@@ -147,9 +147,39 @@ async fn main() {
     }
 }
 
+/// Installs logs and traces for the process called `name` (its `service.name` in
+/// traces); the traces' exporter is flushed with [`flush_traces`] at the end.
+fn telemetry(config: &Config, name: &str) -> anyhow::Result<Option<eddy_telemetry::Traces>> {
+    let traces = if config.tracing.enabled {
+        Some(eddy_telemetry::Traces::new(name, &config.tracing).map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
+    eddy_telemetry::init(&config.log_level, config.log_json, traces.as_ref());
+    Ok(traces)
+}
+
+/// Sends the spans still queued (the exporter blocks: off the async workers).
+async fn flush_traces(traces: Option<eddy_telemetry::Traces>) {
+    if let Some(traces) = traces {
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
+}
+
+/// The `service.name` of a platform process: `shop` running all five services,
+/// otherwise `shop-` and the ones it runs.
+fn process_name(config: &Config) -> String {
+    if config.services.len() == shop::service::ServiceName::ALL.len() {
+        "shop".to_owned()
+    } else {
+        let names: Vec<&str> = config.services.iter().map(|s| s.as_str()).collect();
+        format!("shop-{}", names.join("-"))
+    }
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    eddy_telemetry::init_logs(&config.log_level, config.log_json);
+    let traces = telemetry(&config, &process_name(&config))?;
     warn_if_open(&config);
     let json = config.log_json;
     let banner_of = banner(&config);
@@ -174,6 +204,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &["shutting down: draining requests and messages…".to_owned()],
     );
     platform.stop().await?;
+    flush_traces(traces).await;
     say(json, &["stopped cleanly".to_owned()]);
     Ok(())
 }
@@ -286,7 +317,7 @@ async fn provider(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.provider.listen = listen;
     }
-    eddy_telemetry::init_logs(&config.log_level, config.log_json);
+    let traces = telemetry(&config, "shop-provider")?;
     let listener = tokio::net::TcpListener::bind(config.provider.listen).await?;
     println!(
         "payment provider listening on http://{}",
@@ -300,6 +331,7 @@ async fn provider(args: ServeArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     stop.cancel();
     served.await?;
+    flush_traces(traces).await;
     Ok(())
 }
 
@@ -308,7 +340,7 @@ async fn gateway(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.gateway.listen = listen;
     }
-    eddy_telemetry::init_logs(&config.log_level, config.log_json);
+    let traces = telemetry(&config, "shop-gateway")?;
     warn_if_open(&config);
     let stop = tokio_util::sync::CancellationToken::new();
     let signalled = stop.clone();
@@ -316,7 +348,9 @@ async fn gateway(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         signalled.cancel();
     });
-    shop::gateway::run(config, stop).await
+    let result = shop::gateway::run(config, stop).await;
+    flush_traces(traces).await;
+    result
 }
 
 async fn shutdown_signal() {

@@ -73,6 +73,17 @@ impl Provider {
             .route("/v1/charges/{key}", get(look_up))
             .route("/v1/charges/{key}/refund", post(refund))
             .route("/health", get(|| async { "ok" }))
+            // Each call in its server span, the child of the caller's.
+            .route_layer(axum::middleware::from_fn(
+                |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                    let route = request
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_default();
+                    crate::platform::http::traced(&route, request, next).await
+                },
+            ))
             .with_state(self)
     }
 }

@@ -137,6 +137,17 @@ async fn a_thousand_orders_across_processes_survive_a_killed_consumer_on_kafka()
 
 async fn thousand_orders_with_a_killed_consumer(broker: Vec<(String, String)>) {
     let dir = tempfile::tempdir().unwrap();
+    // Every process exports its spans here; none starts a trace of its own (ratio 0),
+    // so only the one order sent with a sampled `traceparent` is recorded.
+    let receiver = eddy_testkit::otlp::OtlpReceiver::start().await.unwrap();
+    let tracing_env = vec![
+        (
+            "EDDY_TRACING__OTLP_ENDPOINT".to_owned(),
+            receiver.traces_endpoint(),
+        ),
+        ("EDDY_TRACING__SAMPLING_RATIO".to_owned(), "0".to_owned()),
+    ];
+    let broker: Vec<(String, String)> = broker.into_iter().chain(tracing_env.clone()).collect();
     let mut databases = Vec::new();
     for _ in SERVICES {
         databases.push(eddy_testkit::TestDb::postgres().await);
@@ -148,6 +159,8 @@ async fn thousand_orders_with_a_killed_consumer(broker: Vec<(String, String)>) {
             ("EDDY_PROVIDER__LATENCY_MS".into(), "2".into()),
             ("EDDY_PROVIDER__DECLINE_RATE".into(), "0.1".into()),
             ("EDDY_LOG_LEVEL".into(), "warn".into()),
+            tracing_env[0].clone(),
+            tracing_env[1].clone(),
         ],
         "payment provider listening on ",
         &dir.path().join("provider.log"),
@@ -207,6 +220,8 @@ async fn thousand_orders_with_a_killed_consumer(broker: Vec<(String, String)>) {
             processes["notifications"].1.clone(),
         ),
         ("EDDY_LOG_LEVEL".to_owned(), "warn".to_owned()),
+        tracing_env[0].clone(),
+        tracing_env[1].clone(),
     ];
     let (_gateway, base) = start(
         &["gateway", "--listen", "127.0.0.1:0"],
@@ -330,9 +345,156 @@ async fn thousand_orders_with_a_killed_consumer(broker: Vec<(String, String)>) {
         common::check_outcomes(&http, &base, &orders, &stock_at_start).await;
     eprintln!("{confirmed} confirmed, {cancelled} cancelled");
     assert!(confirmed > 0 && cancelled > 0);
+
+    one_order_is_one_trace(&http, &base, &products[1], &receiver).await;
     for (_, (mut child, _)) in processes {
         let _ = child.kill().await;
     }
+}
+
+/// One order placed with a sampled `traceparent` (a client's span) is one trace across
+/// the six processes and the broker: from the gateway's server span through the orders
+/// service, each event's `create` span, each consumer's `process` span, the payment
+/// provider's call and answer, to the notification — every span in it the child of one
+/// of the others, kinds as the messaging conventions say.
+async fn one_order_is_one_trace(
+    http: &reqwest::Client,
+    base: &str,
+    product: &str,
+    receiver: &eddy_testkit::otlp::OtlpReceiver,
+) {
+    use eddy_testkit::otlp::{ReceivedSpan, SpanKind};
+    let trace_id = uuid::Uuid::now_v7().simple().to_string();
+    let client_span = "00f067aa0ba902b7";
+    let response = http
+        .post(format!("{base}/v1/orders"))
+        .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
+        .json(&json!({"customer_id": "traced", "lines": [{"product_id": product, "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let in_service = |span: &ReceivedSpan, service: &str| {
+        span.service_name.as_deref() == Some(&format!("shop-{service}")[..])
+    };
+    // Notifications hear of every orders event; the one that notifies is the outcome.
+    let notifies = |s: &ReceivedSpan| {
+        s.name == "process orders"
+            && in_service(s, "notifications")
+            && matches!(
+                s.attribute("eddy.event_type"),
+                Some("orders.OrderConfirmed" | "orders.OrderCancelled")
+            )
+    };
+    // Each process exports on its own schedule: wait for the whole trace — the
+    // notification, the provider's answer, and no span whose parent has not arrived.
+    let complete = |spans: &[ReceivedSpan]| {
+        let spans: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+        let ids: std::collections::HashSet<&str> =
+            spans.iter().map(|s| s.span_id.as_str()).collect();
+        spans.iter().any(|s| notifies(s))
+            && spans.iter().any(|s| in_service(s, "provider"))
+            && spans.iter().all(|s| {
+                s.parent_span_id
+                    .as_deref()
+                    .is_some_and(|p| p == client_span || ids.contains(p))
+            })
+    };
+    let spans = match receiver.wait_for(complete, Duration::from_secs(60)).await {
+        Ok(_) => receiver.trace(&trace_id),
+        Err(error) => panic!("{error}; in the trace: {:#?}", receiver.trace(&trace_id)),
+    };
+    let by_id: HashMap<&str, &ReceivedSpan> =
+        spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let parent = |span: &ReceivedSpan| -> &ReceivedSpan {
+        let id = span
+            .parent_span_id
+            .as_deref()
+            .unwrap_or_else(|| panic!("{} has no parent: {spans:#?}", span.name));
+        by_id.get(id).copied().unwrap_or_else(|| {
+            panic!(
+                "the parent of {} ({id}) is not in the trace: {spans:#?}",
+                span.name
+            )
+        })
+    };
+    // One trace: the gateway's span is the child of the client's, every other span the
+    // child of a span in the trace.
+    let root = spans
+        .iter()
+        .find(|s| s.parent_span_id.as_deref() == Some(client_span))
+        .unwrap_or_else(|| panic!("no span is the client's child: {spans:#?}"));
+    assert_eq!(root.kind, SpanKind::Server);
+    assert!(in_service(root, "gateway"), "{root:#?}");
+    for span in spans.iter().filter(|s| s.span_id != root.span_id) {
+        parent(span);
+    }
+    // The notification, walked back to the request: consumer ← producer ← … ← server.
+    let notification = spans.iter().find(|s| notifies(s)).unwrap();
+    assert_eq!(notification.kind, SpanKind::Consumer);
+    assert_eq!(
+        notification.attribute("messaging.operation.type"),
+        Some("process")
+    );
+    assert!(notification.attribute("messaging.system").is_some());
+    assert!(notification
+        .attribute("messaging.consumer.group.name")
+        .is_some());
+    assert!(notification
+        .attribute("messaging.destination.partition.id")
+        .is_some());
+    let mut chain = vec![notification];
+    while chain.last().unwrap().span_id != root.span_id {
+        let next = parent(chain.last().unwrap());
+        chain.push(next);
+    }
+    let hops: Vec<(String, SpanKind)> = chain
+        .iter()
+        .rev()
+        .map(|s| {
+            (
+                format!("{} {}", s.service_name.as_deref().unwrap_or("?"), s.name),
+                s.kind,
+            )
+        })
+        .collect();
+    eprintln!("the order's trace, request to notification: {hops:#?}");
+    let services: Vec<&str> = chain
+        .iter()
+        .rev()
+        .filter_map(|s| s.service_name.as_deref())
+        .collect();
+    for service in [
+        "shop-gateway",
+        "shop-orders",
+        "shop-inventory",
+        "shop-payments",
+        "shop-notifications",
+    ] {
+        assert!(
+            services.contains(&service),
+            "{service} not on the path: {hops:#?}"
+        );
+    }
+    // Events cross processes only from a producer span to a consumer span.
+    for pair in chain.windows(2) {
+        let (child, parent) = (pair[0], pair[1]);
+        if child.kind == SpanKind::Consumer {
+            assert_eq!(parent.kind, SpanKind::Producer, "{hops:#?}");
+            assert_eq!(parent.name.replace("create", "process"), child.name);
+        }
+    }
+    // The payment provider's answer is the child of the payments service's call, made
+    // while processing inventory's reservation.
+    let charged = spans
+        .iter()
+        .find(|s| in_service(s, "provider") && s.kind == SpanKind::Server)
+        .unwrap_or_else(|| panic!("the provider's span is missing: {spans:#?}"));
+    let call = parent(charged);
+    assert_eq!(call.kind, SpanKind::Client);
+    assert!(in_service(call, "payments"));
+    assert_eq!(parent(call).name, "process inventory");
+    assert_eq!(parent(call).kind, SpanKind::Consumer);
 }
 
 /// What a stuck run needs for a diagnosis: the pending orders and their charges, each

@@ -43,8 +43,13 @@ pub fn init(level: &str, json: bool, traces: Option<&crate::Traces>) {
         text.with_filter(filter.and(noise_filter())).boxed()
     };
     let spans = traces.map(|traces| {
+        // No thread, source location or busy/idle time attributes: a cost per span
+        // that says nothing about the event.
         tracing_opentelemetry::layer()
             .with_tracer(traces.tracer())
+            .with_threads(false)
+            .with_location(false)
+            .with_tracked_inactivity(false)
             .with_filter(FilterFn::new(|meta: &tracing::Metadata<'_>| {
                 meta.is_span() && meta.target().starts_with("eddy_")
             }))

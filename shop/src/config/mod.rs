@@ -51,9 +51,14 @@ pub struct Config {
     pub lag: LagSettings,
     pub broker: BrokerConfig,
     pub cache: CacheSettings,
+    /// Traces: contexts carried on events and calls, OTLP export when an endpoint is
+    /// set (`docs/observability.md`).
+    pub tracing: eddy_telemetry::TraceConfig,
     /// Log level filter (tracing's syntax). Default `info`.
     pub log_level: String,
-    /// Log as JSON lines (`true`) or as text. Default `false`.
+    /// Log as JSON lines (`true`; each line written while handling a request or an
+    /// event names its `trace_id`, and for an event its `event_id` and
+    /// `correlation_id`) or as text. Default `false`.
     pub log_json: bool,
 }
 
@@ -78,6 +83,7 @@ impl Default for Config {
             lag: LagSettings::default(),
             cache: CacheSettings::default(),
             broker: BrokerConfig::default(),
+            tracing: eddy_telemetry::TraceConfig::default(),
             log_level: "info".to_owned(),
             log_json: false,
         }
@@ -274,6 +280,9 @@ impl Config {
             if !(0.0..=1.0).contains(&value) {
                 problems.push(format!("{name} must be between 0 and 1, got {value}"));
             }
+        }
+        if let Err(problem) = self.tracing.validate() {
+            problems.push(problem);
         }
         if let Err(problem) = self.lag.monitor().validate() {
             problems.push(format!("lag: {problem}"));

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use eddy_core::HandlerError;
 use eddy_resilience::{
@@ -57,19 +58,33 @@ struct HttpProvider {
 
 impl HttpProvider {
     async fn charge(self, call: ChargeCall) -> Result<ChargeOutcome, BoxError> {
-        let response = self
+        // A span per try: each retry is a call of its own.
+        let span = eddy_trace::client_span("POST /v1/charges", &self.base_url);
+        let mut request = self
             .http
             .post(format!("{}/v1/charges", self.base_url))
-            .header("idempotency-key", &call.idempotency_key)
+            .header("idempotency-key", &call.idempotency_key);
+        if let Some(context) = eddy_trace::context_of(&span) {
+            request = request.header("traceparent", eddy_trace::traceparent(&context));
+        }
+        let response = request
             .json(&ChargeRequest {
                 amount_cents: call.amount_cents,
                 currency: &call.currency,
                 reference: &call.idempotency_key,
             })
             .send()
+            .instrument(span.clone())
             .await
-            .map_err(|e| ProviderFailed(format!("payment provider unreachable: {e}")))?;
+            .map_err(|e| {
+                eddy_trace::fail(&span);
+                ProviderFailed(format!("payment provider unreachable: {e}"))
+            })?;
         let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            eddy_trace::fail(&span);
+        }
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(ProviderFailed(format!("payment provider answered {status}")).into());
         }

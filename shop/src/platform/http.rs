@@ -3,6 +3,7 @@
 //! problem responses.
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{MatchedPath, Request};
@@ -289,14 +290,31 @@ pub(crate) async fn ensure_problem(request: Request, next: Next) -> Response {
 /// path, which would make a label per URL).
 async fn record_http(request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = request.method().clone();
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    eddy_telemetry::record_http(
-        route.as_ref().map_or("unmatched", MatchedPath::as_str),
-        &method,
-        response.status(),
-        started.elapsed(),
-    );
+    let response = traced(route, request, next).await;
+    eddy_telemetry::record_http(route, &method, response.status(), started.elapsed());
+    response
+}
+
+/// Runs `request` in its server span (`{method} {route}`, the child of the caller's
+/// `traceparent`), the answer's status recorded on it.
+pub(crate) async fn traced(route: &str, request: Request, next: Next) -> Response {
+    let span = {
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        eddy_trace::server_span(
+            request.method().as_str(),
+            route,
+            header("traceparent"),
+            header("tracestate"),
+        )
+    };
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        eddy_trace::fail(&span);
+    }
     response
 }
