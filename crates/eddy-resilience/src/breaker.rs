@@ -86,6 +86,20 @@ impl BreakerState {
     }
 }
 
+/// `circuit_breaker_state{breaker, state}` as a state set: 1 for `state`, 0 for the
+/// other two — so a dashboard and an alert read the state directly, with no arithmetic
+/// over transition counters (which restart with the process).
+fn export_state(breaker: &str, state: BreakerState) {
+    for each in [
+        BreakerState::Closed,
+        BreakerState::Open,
+        BreakerState::HalfOpen,
+    ] {
+        metrics::gauge!("circuit_breaker_state", "breaker" => breaker.to_owned(), "state" => each.as_str())
+            .set(if each == state { 1.0 } else { 0.0 });
+    }
+}
+
 /// The call was not made: the breaker is open (or its half-open probes are taken).
 #[derive(Debug, Clone)]
 pub struct CircuitOpen {
@@ -132,6 +146,7 @@ pub struct Permit {
 
 impl CircuitBreaker {
     pub fn new(config: CircuitBreakerConfig) -> Self {
+        export_state(&config.name, BreakerState::Closed);
         Self {
             config: Arc::new(config),
             inner: Arc::new(Mutex::new(Inner {
@@ -190,6 +205,7 @@ impl CircuitBreaker {
         tracing::warn!(breaker = %self.config.name, from = from.as_str(), to = to.as_str(), "circuit breaker changed state");
         metrics::counter!("circuit_breaker_state_changes", "breaker" => self.config.name.clone(), "from" => from.as_str(), "to" => to.as_str())
             .increment(1);
+        export_state(&self.config.name, to);
     }
 
     /// Whether a failed call through this breaker means the dependency is down (the

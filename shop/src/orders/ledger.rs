@@ -150,7 +150,11 @@ impl Ledger {
                 settlement.as_slice(),
             )
             .await?;
-        Ok(settlement.is_some() && !appended.already)
+        let settled = settlement.is_some() && !appended.already;
+        if let (true, Some(settlement)) = (settled, &settlement) {
+            observe_settle_time(tx, &loaded.state, settlement);
+        }
+        Ok(settled)
     }
 
     /// Turns the orders of the tables kept before event sourcing into streams (placed,
@@ -200,6 +204,24 @@ impl Ledger {
             }
         }
     }
+}
+
+/// Records in `order_settle_duration_seconds` how long the order took from placement to
+/// `settlement` (the times the two events were recorded), once `tx` commits — a batch
+/// rolled back and tried again is not counted twice.
+fn observe_settle_time(tx: &mut Tx, state: &OrderState, settlement: &Envelope) {
+    let seconds = (settlement.occurred_at_micros() - state.created_at_us).max(0) as f64 / 1e6;
+    let outcome = if settlement.event_type == OrderConfirmed::TYPE {
+        "confirmed"
+    } else {
+        "cancelled"
+    };
+    tx.after_commit(move || {
+        Box::pin(async move {
+            metrics::histogram!("order_settle_duration_seconds", "outcome" => outcome)
+                .record(seconds);
+        })
+    });
 }
 
 /// The events an order kept the old way stands for.
