@@ -29,8 +29,8 @@ pub struct TraceConfig {
     /// log lines). Default true; false leaves only what arrives carried through.
     pub enabled: bool,
     /// Where to send spans, OTLP over HTTP, the full URL with its signal path (such as
-    /// `http://127.0.0.1:4318/v1/traces`). Default none: nothing is exported.
-    pub otlp_endpoint: Option<String>,
+    /// `http://127.0.0.1:4318/v1/traces`). Default empty: nothing is exported.
+    pub otlp_endpoint: String,
     /// `http/protobuf` (default) or `http/json`.
     pub otlp_protocol: OtlpProtocol,
     /// The share of new traces exported, 0 to 1 (default 1). A trace that arrives
@@ -49,7 +49,7 @@ impl Default for TraceConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            otlp_endpoint: None,
+            otlp_endpoint: String::new(),
             otlp_protocol: OtlpProtocol::HttpProtobuf,
             sampling_ratio: 1.0,
             queue_len_max: 8192,
@@ -77,7 +77,8 @@ impl TraceConfig {
                 self.batch_len_max, self.queue_len_max
             ));
         }
-        if let Some(endpoint) = &self.otlp_endpoint {
+        let endpoint = &self.otlp_endpoint;
+        if !endpoint.is_empty() {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
                 return Err(format!(
                     "tracing.otlp_endpoint must be an http:// or https:// URL, not {endpoint:?}"
@@ -112,7 +113,8 @@ impl Traces {
             .with_attributes([KeyValue::new("service.name", service.to_owned())])
             .build();
         let builder = SdkTracerProvider::builder().with_resource(resource);
-        let (builder, exporting) = match &config.otlp_endpoint {
+        let endpoint = Some(config.otlp_endpoint.as_str()).filter(|e| !e.is_empty());
+        let (builder, exporting) = match endpoint {
             Some(endpoint) => {
                 let protocol = match config.otlp_protocol {
                     OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
@@ -194,7 +196,7 @@ mod tests {
         };
         assert!(bad.validate().is_err_and(|e| e.contains("sampling_ratio")));
         let bad = TraceConfig {
-            otlp_endpoint: Some("collector:4318".into()),
+            otlp_endpoint: "collector:4318".into(),
             ..TraceConfig::default()
         };
         assert!(bad.validate().is_err_and(|e| e.contains("otlp_endpoint")));
