@@ -274,6 +274,17 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             platform.stop().await
         });
     }
+    // The Eddy stack runs with the telemetry a shop process installs: warnings logged,
+    // spans recorded only when EDDY_TRACING__OTLP_ENDPOINT names a collector.
+    let _traces = if args.kind == "eddy" {
+        let config = shop::config::Config::load(None)?;
+        let traces = eddy_telemetry::Traces::for_service("bench", &config.tracing)
+            .map_err(anyhow::Error::msg)?;
+        eddy_telemetry::init("warn", false, traces.as_ref());
+        traces
+    } else {
+        None
+    };
     runtime.block_on(async move {
         let router = app(&args.kind, &args.stub_url)?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;

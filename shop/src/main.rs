@@ -150,11 +150,8 @@ async fn main() {
 /// Installs logs and traces for the process called `name` (its `service.name` in
 /// traces); the traces' exporter is flushed with [`flush_traces`] at the end.
 fn telemetry(config: &Config, name: &str) -> anyhow::Result<Option<eddy_telemetry::Traces>> {
-    let traces = if config.tracing.enabled {
-        Some(eddy_telemetry::Traces::new(name, &config.tracing).map_err(anyhow::Error::msg)?)
-    } else {
-        None
-    };
+    let traces =
+        eddy_telemetry::Traces::for_service(name, &config.tracing).map_err(anyhow::Error::msg)?;
     eddy_telemetry::init(&config.log_level, config.log_json, traces.as_ref());
     Ok(traces)
 }
