@@ -23,6 +23,9 @@ pub const FIRST_FAILURE_AT: &str = "eddy-dlq-first-failure-at";
 pub const LAST_FAILURE_AT: &str = "eddy-dlq-last-failure-at";
 /// The id of the event that failed (the dead letter has its own).
 pub const ORIGINAL_ID: &str = "eddy-dlq-original-id";
+/// Header of a redriven event: how many times it has been redriven (set by the
+/// dead-letter store's redrive, `eddy-dlq`).
+pub const REDRIVE_COUNT: &str = "eddy-redrive-count";
 /// Event type given to messages that could not be read as an envelope at all.
 pub const UNDECODABLE_TYPE: &str = "eddy.Undecodable";
 
@@ -83,7 +86,13 @@ pub fn dead_letter(delivery: &Delivery, group: &str, failure: &Failure) -> Envel
         error.truncate(cut);
     }
     let original = envelope.id;
-    envelope.id = EventId::from_uuid(uuid::Uuid::new_v5(&original.as_uuid(), group.as_bytes()));
+    // A redriven event that fails again is a new letter (the first one is resolved):
+    // its redrive count is part of the name.
+    let name = match envelope.headers.get(REDRIVE_COUNT) {
+        Some(count) => format!("{group}\u{0}{count}"),
+        None => group.to_owned(),
+    };
+    envelope.id = EventId::from_uuid(uuid::Uuid::new_v5(&original.as_uuid(), name.as_bytes()));
     let headers = &mut envelope.headers;
     headers.insert(ORIGINAL_ID, original.to_string());
     headers.insert(ERROR, error);

@@ -40,5 +40,5 @@ pub mod tracker;
 
 pub use config::{ConsumerConfig, RetryPolicy};
 pub use consumer::{Consumer, ConsumerStats};
-pub use router::Router;
+pub use router::{EnvelopeHandler, Router};
 pub use supervisor::{supervise, RestartPolicy, WorkerState, Workers};

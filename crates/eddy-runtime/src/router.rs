@@ -29,11 +29,29 @@ impl<E: Event, H: Handler<E>> Route for Typed<E, H> {
     }
 }
 
-/// Maps event types to handlers. Events of a type without a handler are skipped and
-/// committed (a topic may carry events this consumer does not care about).
+/// A handler of whole envelopes, whatever their type and payload: for consumers that
+/// keep or forward events rather than act on their content (a dead-letter store, an
+/// archive). Routed with [`Router::any`].
+#[eddy_core::async_trait]
+pub trait EnvelopeHandler: Send + Sync + 'static {
+    async fn handle(&self, envelope: &Envelope) -> Result<(), HandlerError>;
+}
+
+struct Whole<H>(H);
+
+impl<H: EnvelopeHandler> Route for Whole<H> {
+    fn call<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(self.0.handle(envelope))
+    }
+}
+
+/// Maps event types to handlers. Events of a type without a handler go to the
+/// [`Router::any`] handler if there is one, else are skipped and committed (a topic may
+/// carry events this consumer does not care about).
 #[derive(Clone, Default)]
 pub struct Router {
     routes: HashMap<&'static str, Arc<dyn Route>>,
+    any: Option<Arc<dyn Route>>,
 }
 
 impl fmt::Debug for Router {
@@ -42,6 +60,7 @@ impl fmt::Debug for Router {
         types.sort();
         f.debug_struct("Router")
             .field("event_types", &types)
+            .field("any", &self.any.is_some())
             .finish()
     }
 }
@@ -75,11 +94,21 @@ impl Router {
         self
     }
 
+    /// Routes every event no typed route takes to `handler`, as it arrived.
+    ///
+    /// # Panics
+    /// If the router has an `any` handler already.
+    pub fn any<H: EnvelopeHandler>(mut self, handler: H) -> Self {
+        assert!(self.any.is_none(), "a router takes one `any` handler");
+        self.any = Some(Arc::new(Whole(handler)));
+        self
+    }
+
     pub(crate) fn get(&self, event_type: &str) -> Option<&Arc<dyn Route>> {
-        self.routes.get(event_type)
+        self.routes.get(event_type).or(self.any.as_ref())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.routes.is_empty() && self.any.is_none()
     }
 }
