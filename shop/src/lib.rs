@@ -24,6 +24,8 @@
 //!   [`service::ServiceContext`]) and what it gives back ([`service::Contribution`]).
 //! - [`platform`] — the wiring: the broker, the loop over the services, the HTTP stack,
 //!   health and metrics, start and graceful stop.
+//! - [`admin`] — the operators' API under `/admin/…` (token, rate limit, audit); off
+//!   unless `admin.token` is set.
 //! - [`config`] — typed, layered, validated configuration.
 //! - [`problem`] — RFC 9457 errors; [`openapi`] — the generated API document.
 //! - [`gateway`] — one public API in front of one process per service.
@@ -31,6 +33,7 @@
 //!
 //! `main.rs` only parses the command line.
 
+pub mod admin;
 pub mod auth;
 pub mod catalog;
 pub mod config;

@@ -46,7 +46,7 @@ pub struct Target {
 }
 
 /// Every projection of the platform: the service whose database holds it, and it.
-fn all() -> Vec<(ServiceName, Arc<dyn Projection>)> {
+pub(crate) fn all() -> Vec<(ServiceName, Arc<dyn Projection>)> {
     vec![(
         ServiceName::Orders,
         Arc::new(crate::orders::store::OrderViews),
@@ -101,7 +101,8 @@ pub struct Rebuilt {
     pub seconds: f64,
 }
 
-fn report(name: &'static str, status: Status, rebuilt: Option<Rebuilt>) -> Report {
+/// The report of `status` (and of a rebuild, if one was run).
+pub(crate) fn report(name: &'static str, status: Status, rebuilt: Option<Rebuilt>) -> Report {
     Report {
         name,
         generation: status.generation,

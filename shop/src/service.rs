@@ -179,6 +179,9 @@ pub struct Contribution {
     /// Work it does on a timer (ending sagas that went quiet, reconciling with the
     /// payment provider).
     pub sweeps: Vec<Sweep>,
+    /// The circuit breakers in front of its dependencies, for operators to watch
+    /// (`GET /admin/breakers`).
+    pub breakers: Vec<eddy_resilience::CircuitBreaker>,
 }
 
 /// What one sweep did: how many items it finished.

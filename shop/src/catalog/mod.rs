@@ -28,5 +28,6 @@ pub fn contribute(ctx: &ServiceContext<'_>) -> anyhow::Result<Contribution> {
         routes: Some(http::router().with_state(state)),
         subscriptions: events::subscriptions(ctx, products)?,
         sweeps: Vec::new(),
+        breakers: Vec::new(),
     })
 }

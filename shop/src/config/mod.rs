@@ -21,6 +21,10 @@ use crate::service::ServiceName;
 /// Shortest HS256 secret accepted: 256 bits, as RFC 7518 requires for HS256.
 pub const AUTH_SECRET_LEN_MIN: usize = 32;
 
+/// Shortest admin token accepted: 256 bits, like [`AUTH_SECRET_LEN_MIN`], so that the
+/// token cannot be guessed within any rate limit.
+pub const ADMIN_TOKEN_LEN_MIN: usize = 32;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -39,6 +43,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub server: ServerConfig,
     pub auth: AuthConfig,
+    /// The admin API (`/admin/…`); off unless `admin.token` is set.
+    pub admin: AdminConfig,
     pub databases: DatabasesConfig,
     pub provider: ProviderConfig,
     pub payments: PaymentsConfig,
@@ -71,6 +77,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             server: ServerConfig::default(),
             auth: AuthConfig::default(),
+            admin: AdminConfig::default(),
             databases: DatabasesConfig::default(),
             provider: ProviderConfig::default(),
             payments: PaymentsConfig::default(),
@@ -327,6 +334,7 @@ impl Config {
             ));
         }
         self.auth_problems(&mut problems);
+        self.admin_problems(&mut problems);
         if self.services.is_empty() {
             problems.push("services must name at least one service".to_owned());
         }
@@ -343,7 +351,7 @@ impl Config {
     }
 
     /// Settings where 0 would stall or refuse everything.
-    fn positive_settings(&self) -> [(&'static str, u64); 35] {
+    fn positive_settings(&self) -> [(&'static str, u64); 37] {
         let size = |n: usize| n as u64;
         [
             (
@@ -387,6 +395,11 @@ impl Config {
                 size(self.auth.tracked_clients_max),
             ),
             ("auth.token_ttl_secs", self.auth.token_ttl_secs),
+            (
+                "admin.requests_per_minute_max",
+                u64::from(self.admin.requests_per_minute_max),
+            ),
+            ("admin.audit_len_max", self.admin.audit_len_max),
             (
                 "databases.max_connections",
                 u64::from(self.databases.max_connections),
@@ -510,6 +523,27 @@ impl Config {
                 "{} is not a loopback address and auth is off: anyone who can reach it could change the catalog and read every order. Turn auth on ([auth] enabled = true, with a key), or set auth.allow_open_network = true to accept that",
                 open.join(" and ")
             ));
+        }
+    }
+
+    /// An admin token that is set but too short to resist guessing, or that no client
+    /// could send in an `Authorization` header. The token itself is never said.
+    fn admin_problems(&self, problems: &mut Vec<String>) {
+        let token = self.admin.token.expose();
+        if token.is_empty() {
+            return;
+        }
+        if token.len() < ADMIN_TOKEN_LEN_MIN {
+            problems.push(format!(
+                "admin.token must be at least {ADMIN_TOKEN_LEN_MIN} bytes (it is {}); set EDDY_ADMIN__TOKEN to a long random value, or leave it empty to turn the admin API off",
+                token.len()
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            problems.push(
+                "admin.token must be printable ASCII without spaces, as an Authorization header carries it"
+                    .to_owned(),
+            );
         }
     }
 

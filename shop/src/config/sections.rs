@@ -571,6 +571,36 @@ impl Default for AuthConfig {
     }
 }
 
+/// `[admin]`: the operators' API under `/admin/…` (outbox, lag, breakers, projections,
+/// the audit trail; see [`crate::admin`]). Off unless a token is set, and then never
+/// open: every request must carry the token, is rate-limited and is audited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The bearer token every admin request must carry: at least 32 bytes of printable
+    /// ASCII, no spaces; give it as `EDDY_ADMIN__TOKEN` rather than in a file. Default
+    /// empty: the admin API is off and its routes do not exist (404, like any unknown
+    /// route).
+    pub token: Secret,
+    /// Admin requests this process answers per minute, accepted or refused (a token
+    /// bucket of this size, refilled evenly over the minute); beyond, 429 with
+    /// `Retry-After`. Bounds guessing and the audit writes. Default 600.
+    pub requests_per_minute_max: u32,
+    /// Audit entries kept in the `admin_audit` table; the oldest are deleted beyond it.
+    /// Default 100,000.
+    pub audit_len_max: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            token: Secret::default(),
+            requests_per_minute_max: 600,
+            audit_len_max: 100_000,
+        }
+    }
+}
+
 /// `[cache]`: product and order reads go through a two-level cache (`eddy-cache`):
 /// in-process on embedded defaults, in front of Redis with `redis_url` (scale-out: one
 /// load per key across processes, writes invalidating every process). docs/cache.md

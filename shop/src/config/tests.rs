@@ -204,3 +204,32 @@ fn every_type_error_is_reported_under_the_key_as_written() {
     );
     assert!(!message.contains("idle_timeout_ms.server"), "{message}");
 }
+
+#[test]
+fn the_admin_api_is_off_by_default() {
+    assert!(Config::default().admin.token.is_empty());
+}
+
+#[test]
+fn a_short_admin_token_is_refused_without_being_said() {
+    let message = rejected("[admin]\ntoken = \"too-short-to-be-safe\"");
+    assert!(message.contains("admin.token"), "{message}");
+    assert!(message.contains("32 bytes"), "{message}");
+    assert!(!message.contains("too-short-to-be-safe"), "{message}");
+}
+
+#[test]
+fn an_admin_token_an_authorization_header_cannot_carry_is_refused() {
+    let message = rejected("[admin]\ntoken = \"a token with spaces that is long enough to pass\"");
+    assert!(message.contains("admin.token"), "{message}");
+    assert!(message.contains("printable ASCII"), "{message}");
+}
+
+#[test]
+fn a_long_admin_token_is_accepted_and_never_printed() {
+    let token = "0123456789abcdef0123456789abcdef";
+    let config = accepted(&format!("[admin]\ntoken = \"{token}\""));
+    assert_eq!(config.admin.token.expose(), token);
+    let printed = format!("{config:?}");
+    assert!(!printed.contains(token), "{printed}");
+}

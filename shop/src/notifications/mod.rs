@@ -18,5 +18,6 @@ pub fn contribute(ctx: &ServiceContext<'_>) -> anyhow::Result<Contribution> {
         routes: None,
         subscriptions: events::subscriptions(ctx)?,
         sweeps: Vec::new(),
+        breakers: Vec::new(),
     })
 }

@@ -40,6 +40,7 @@ pub async fn contribute(ctx: &ServiceContext<'_>) -> anyhow::Result<Contribution
         routes: Some(http::router().with_state(state)),
         subscriptions: events::subscriptions(ctx, &settle)?,
         sweeps: events::sweeps(ctx, settle),
+        breakers: Vec::new(),
     })
 }
 

@@ -15,12 +15,13 @@ pub use store::MIGRATIONS;
 
 use crate::service::{Contribution, ServiceContext};
 
-/// Payments' route and consumer.
+/// Payments' route and consumer, and the payment provider's breaker.
 pub fn contribute(ctx: &ServiceContext<'_>) -> anyhow::Result<Contribution> {
     let provider = events::provider(ctx)?;
     Ok(Contribution {
         routes: Some(http::router().with_state(ctx.service.clone())),
         subscriptions: events::subscriptions(ctx, &provider),
         sweeps: events::sweeps(ctx, &provider),
+        breakers: vec![provider.breaker().clone()],
     })
 }

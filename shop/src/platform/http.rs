@@ -46,12 +46,32 @@ impl BodyLimits {
 /// caller's), load shedding. Between the body and the deadline, authentication (the
 /// [`crate::auth::Caller`] every handler asks); an unusable key is an error.
 pub fn platform_layers(api: Router, config: &Config) -> anyhow::Result<Router> {
+    let authenticator = crate::auth::Authenticator::new(&config.auth)?;
+    Ok(stack(api, config, "http", Some(authenticator)))
+}
+
+/// The admin API (`/admin/…`, [`crate::admin`]) inside the same layers as the public
+/// API but two: no JWT authentication — the admin API checks its own token, and a
+/// JWT layer would refuse the admin token as a malformed JWT when `[auth]` is on —
+/// and a bulkhead of its own (`admin`), so a flood of public requests cannot shed the
+/// requests of the operator looking into it.
+pub(crate) fn admin_layers(api: Router, config: &Config) -> Router {
+    stack(api, config, "admin", None)
+}
+
+/// The layers of [`platform_layers`], with `authenticator` when one is given and the
+/// bulkhead named `bulkhead`.
+fn stack(
+    api: Router,
+    config: &Config,
+    bulkhead: &str,
+    authenticator: Option<crate::auth::Authenticator>,
+) -> Router {
     // The metrics are part of the stack (and of what S1 measures): make sure they record.
     eddy_telemetry::prometheus();
     let body = BodyLimits::of(config);
     let budget = config.request_timeout();
-    let authenticator = crate::auth::Authenticator::new(&config.auth)?;
-    Ok(api
+    let mut api = api
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|error: tower::BoxError| async move {
@@ -59,25 +79,27 @@ pub fn platform_layers(api: Router, config: &Config) -> anyhow::Result<Router> {
                 }))
                 // Load shedding: beyond the limit and an equal queue, answer 503 at once.
                 .layer(BulkheadLayer::new(
-                    "http",
+                    bulkhead,
                     config.server.concurrency_limit,
                     config.server.concurrency_limit,
                 )),
         )
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             propagate_deadline(budget, request, next)
-        }))
-        .layer(middleware::from_fn(move |request: Request, next: Next| {
+        }));
+    if let Some(authenticator) = authenticator {
+        api = api.layer(middleware::from_fn(move |request: Request, next: Next| {
             authenticator.clone().layer(request, next)
-        }))
-        .layer(middleware::from_fn(move |request: Request, next: Next| {
-            read_body(body, request, next)
-        }))
-        .layer(middleware::from_fn(ensure_problem))
-        .layer(middleware::from_fn(record_http))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            config.server.body_limit_bytes,
-        )))
+        }));
+    }
+    api.layer(middleware::from_fn(move |request: Request, next: Next| {
+        read_body(body, request, next)
+    }))
+    .layer(middleware::from_fn(ensure_problem))
+    .layer(middleware::from_fn(record_http))
+    .layer(axum::extract::DefaultBodyLimit::max(
+        config.server.body_limit_bytes,
+    ))
 }
 
 /// The problem for a request the bulkhead shed or the timeout cut.

@@ -8,7 +8,7 @@
 //!
 //! Layout: [`broker`] (which broker, lag), [`services`] (the loop over the services),
 //! [`http`] (the request stack), [`health`] (health, metrics, OpenAPI); this module is
-//! the lifecycle.
+//! the lifecycle, and mounts the admin API ([`crate::admin`]) when it is on.
 
 pub mod broker;
 pub mod cache;
@@ -136,6 +136,8 @@ struct Running {
     routes: OpenApiRouter,
     /// Watches every consumer's group and topic; `GET /lag` shows its judgement.
     lag: eddy_telemetry::LagMonitor,
+    /// The services' circuit breakers, for `GET /admin/breakers`.
+    breakers: Vec<eddy_resilience::CircuitBreaker>,
 }
 
 /// Starts a relay per service and a consumer per subscription, and the exporter of
@@ -153,6 +155,7 @@ async fn start_workers(
     let lag = eddy_telemetry::LagMonitor::new(config.lag.monitor())?;
     exporter.workers(health.clone());
     let mut routes = OpenApiRouter::new();
+    let mut breakers = Vec::new();
     let relay_config = RelayConfig {
         batch_len_max: config.relay.batch_len_max,
         retention: Duration::from_secs(config.relay.retention_secs),
@@ -184,6 +187,7 @@ async fn start_workers(
         if let Some(service_routes) = contribution.routes {
             routes = routes.merge(service_routes);
         }
+        breakers.extend(contribution.breakers);
         for sweep in contribution.sweeps {
             let stopping = stop.clone();
             let sweep = Arc::new(sweep);
@@ -223,6 +227,7 @@ async fn start_workers(
         workers,
         routes,
         lag,
+        breakers,
     })
 }
 
@@ -386,6 +391,16 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
     )
     .await?;
 
+    // The admin API (`None` when `admin.token` is empty: then it is not mounted at all).
+    let admin = crate::admin::router(crate::admin::Sources {
+        config: &config,
+        services: &services,
+        broker: &broker,
+        lag: &running.lag,
+        breakers: &running.breakers,
+    })
+    .await?;
+
     // HTTP last: only once everything behind it runs.
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -402,12 +417,18 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
         .routes
         .merge(health::router().with_state(readiness))
         .split_for_parts();
-    let router = platform_layers(
+    let public = platform_layers(
         routes
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed),
         &config,
     )?;
+    // The admin routes beside the public ones, in a stack of their own: the public API
+    // is exactly what it is without them.
+    let router = match admin {
+        Some(admin) => public.merge(http::admin_layers(admin, &config)),
+        None => public,
+    };
     let http = server::serve(
         listener,
         router,
