@@ -38,6 +38,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod contracts;
+pub mod dlq_cli;
 pub mod gateway;
 pub mod inventory;
 pub mod load;

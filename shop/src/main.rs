@@ -43,6 +43,9 @@ enum Command {
     Up(shop::up::UpArgs),
     /// Projections (orders' views): status, and rebuilds while the platform serves.
     Projections(shop::projections::ProjectionsArgs),
+    /// Dead letters of a running platform (its admin API): list, group, show, redrive,
+    /// edit and redrive, purge, audit.
+    Dlq(shop::dlq_cli::DlqArgs),
     /// Check the events' schemas against the snapshots in shop/schemas, or write them.
     #[command(subcommand)]
     Schemas(shop::contracts::schemas::SchemasCommand),
@@ -123,6 +126,7 @@ async fn main() {
         Command::Gateway(args) => gateway(args).await,
         Command::Token(args) => token(args),
         Command::Projections(args) => shop::projections::run(args).await,
+        Command::Dlq(args) => shop::dlq_cli::run(args).await,
         Command::Schemas(command) => shop::contracts::schemas::run(command),
         Command::Up(args) => {
             let stop = tokio_util::sync::CancellationToken::new();

@@ -81,6 +81,8 @@ pub struct ServiceDb {
     pub name: ServiceName,
     pub db: Db,
     pub outbox: Outbox,
+    /// The letters the service's consumer group dead-lettered (`eddy-dlq`).
+    pub dead_letters: eddy_dlq::DeadLetters,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -89,10 +91,18 @@ impl ServiceDb {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let outbox = Outbox::open(db.clone(), clock.clone()).await?;
         db.migrate(eddy_sql::idempotency::MIGRATIONS).await?;
+        let dead_letters = eddy_dlq::DeadLetters::open(
+            db.clone(),
+            outbox.clone(),
+            clock.clone(),
+            eddy_dlq::DeadLetterConfig::default(),
+        )
+        .await?;
         Ok(Self {
             name,
             db,
             outbox,
+            dead_letters,
             clock,
         })
     }

@@ -26,7 +26,7 @@ pub struct RedriveRequest {
     /// changing anything.
     pub dry_run: bool,
     /// Continue this job from its checkpoint instead of starting one (its own filter,
-    /// rate and concurrency apply).
+    /// rate and concurrency apply; this request's are ignored).
     pub resume: Option<String>,
     /// Who asks (audited).
     pub actor: String,
@@ -90,6 +90,8 @@ struct Job {
     /// The newest letter when the job started: letters that arrive later (one of its
     /// own, failed again) are not this job's.
     until_seq: i64,
+    rate_per_sec: NonZeroU32,
+    concurrency: usize,
     redriven: u64,
     skipped: u64,
 }
@@ -142,7 +144,8 @@ impl DeadLetters {
             + self
                 .count_between(&job.filter, job.checkpoint_seq, job.until_seq)
                 .await?;
-        let limiter = RateLimiter::direct(Quota::per_second(request.rate_per_sec));
+        let limiter = RateLimiter::direct(Quota::per_second(job.rate_per_sec));
+        let concurrency = job.concurrency;
         let report = |job: &Job| RedriveProgress {
             job: job.id.clone(),
             state: job.state,
@@ -171,27 +174,23 @@ impl DeadLetters {
                 break;
             };
             // One key's letters in order, one after another; keys side by side.
-            let mut keys: Vec<Vec<&DeadLetter>> = Vec::new();
-            for letter in &page {
+            let mut keys: Vec<Vec<DeadLetter>> = Vec::new();
+            for letter in page {
                 match keys.iter_mut().find(|k| k[0].key == letter.key) {
                     Some(letters) => letters.push(letter),
                     None => keys.push(vec![letter]),
                 }
             }
-            let outcomes: Vec<Result<(), Error>> = futures::stream::iter(keys)
-                .map(|letters| {
-                    let limiter = &limiter;
-                    let actor = request.actor.as_str();
-                    let job = job.id.as_str();
-                    async move {
-                        for letter in letters {
-                            limiter.until_ready().await;
-                            self.redrive_one(job, letter, actor).await?;
-                        }
-                        Ok(())
+            let (limiter, actor, id) = (&limiter, request.actor.as_str(), job.id.as_str());
+            let outcomes: Vec<Result<(), Error>> =
+                futures::stream::iter(keys.into_iter().map(|letters| async move {
+                    for letter in &letters {
+                        limiter.until_ready().await;
+                        self.redrive_one(id, letter, actor).await?;
                     }
-                })
-                .buffer_unordered(request.concurrency)
+                    Ok(())
+                }))
+                .buffer_unordered(concurrency)
                 .collect()
                 .await;
             for outcome in outcomes {
@@ -342,6 +341,8 @@ impl DeadLetters {
             state: JobState::Running,
             checkpoint_seq: 0,
             until_seq,
+            rate_per_sec: request.rate_per_sec,
+            concurrency: request.concurrency,
             redriven: 0,
             skipped: 0,
         })
@@ -349,7 +350,7 @@ impl DeadLetters {
 
     async fn job(&self, id: &str) -> Result<Job, Error> {
         let row = sqlx::query(
-            "SELECT job_id, selection, state, checkpoint_seq, until_seq, redriven, skipped FROM eddy_dead_letter_redrives WHERE job_id = $1",
+            "SELECT job_id, selection, state, checkpoint_seq, until_seq, rate_per_sec, concurrency, redriven, skipped FROM eddy_dead_letter_redrives WHERE job_id = $1",
         )
         .bind(id)
         .fetch_optional(self.db.pool())
@@ -370,6 +371,11 @@ impl DeadLetters {
             state: JobState::parse(&row.try_get::<String, _>("state").map_err(read)?)?,
             checkpoint_seq: row.try_get("checkpoint_seq").map_err(read)?,
             until_seq: row.try_get("until_seq").map_err(read)?,
+            rate_per_sec: u32::try_from(count("rate_per_sec")?)
+                .ok()
+                .and_then(NonZeroU32::new)
+                .unwrap_or(NonZeroU32::MIN),
+            concurrency: usize::try_from(count("concurrency")?).unwrap_or(1).max(1),
             redriven: count("redriven")?,
             skipped: count("skipped")?,
         })

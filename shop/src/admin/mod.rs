@@ -124,7 +124,7 @@ pub async fn router(sources: Sources<'_>) -> anyhow::Result<Option<Router>> {
         .route("/admin/breakers", get(views::breakers))
         .route("/admin/projections", get(views::projections))
         .route("/admin/audit", get(views::audit));
-    let routes = extend(routes)
+    let routes = extend(routes, sources.services)
         // Unknown admin paths are answered behind the guard too: without the token,
         // nobody learns which admin routes exist.
         .route("/admin", any(unknown))
@@ -137,13 +137,10 @@ pub async fn router(sources: Sources<'_>) -> anyhow::Result<Option<Router>> {
     ))
 }
 
-/// **The extension point for further admin routes** (the dead letters: list, show,
-/// redrive, purge). Add them here, as `routes.route("/admin/dead-letters", …)` or a
-/// function of their module taking and returning the router; they then run behind the
-/// same guard — rate limit, token, audit — as every admin route. Their state is
-/// [`Admin`]: add a field to it for what they need beyond the broker and the services.
-pub fn extend(routes: Router<Admin>) -> Router<Admin> {
-    routes
+/// Further admin routes, behind the same guard — rate limit, token, audit — as every
+/// admin route: the dead letters of `services` ([`crate::platform::dead_letters`]).
+pub fn extend(routes: Router<Admin>, services: &[ServiceDb]) -> Router<Admin> {
+    routes.merge(crate::platform::dead_letters::routes(services))
 }
 
 /// The projections whose service this process runs, opened on that service's database

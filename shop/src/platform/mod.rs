@@ -12,6 +12,7 @@
 
 pub mod broker;
 pub mod cache;
+pub mod dead_letters;
 pub mod health;
 pub mod http;
 pub mod server;
@@ -200,6 +201,14 @@ async fn start_workers(
         }
         for subscription in contribution.subscriptions {
             lag.watch(name, subscription.topic);
+            workers.push(dead_letters::start_store(
+                service,
+                subscription.topic,
+                broker,
+                &consumer_config,
+                health,
+                stop,
+            ));
             workers.push(start_consumer(
                 name,
                 subscription,
