@@ -88,16 +88,21 @@ pub struct ServiceDb {
 
 impl ServiceDb {
     pub async fn open(name: ServiceName, db: Db) -> Result<Self, eddy_core::Error> {
+        Self::open_with(name, db, eddy_dlq::DeadLetterConfig::default()).await
+    }
+
+    /// [`ServiceDb::open`] with the dead-letter store's bounds.
+    pub async fn open_with(
+        name: ServiceName,
+        db: Db,
+        dead_letters: eddy_dlq::DeadLetterConfig,
+    ) -> Result<Self, eddy_core::Error> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let outbox = Outbox::open(db.clone(), clock.clone()).await?;
         db.migrate(eddy_sql::idempotency::MIGRATIONS).await?;
-        let dead_letters = eddy_dlq::DeadLetters::open(
-            db.clone(),
-            outbox.clone(),
-            clock.clone(),
-            eddy_dlq::DeadLetterConfig::default(),
-        )
-        .await?;
+        let dead_letters =
+            eddy_dlq::DeadLetters::open(db.clone(), outbox.clone(), clock.clone(), dead_letters)
+                .await?;
         Ok(Self {
             name,
             db,

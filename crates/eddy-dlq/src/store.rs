@@ -585,6 +585,21 @@ impl DeadLetters {
         Ok(event)
     }
 
+    /// Deletes the resolved letters whose last failure is older than `older_than` (the
+    /// retention a maintenance loop runs); audited as `retention` when it deleted any.
+    pub async fn expire_resolved(&self, older_than: Duration) -> Result<u64, Error> {
+        let resolved = Filter {
+            status: Some("resolved".into()),
+            ..Filter::default()
+        };
+        let purged = self.delete(&resolved, older_than).await?;
+        if purged > 0 {
+            self.audit_purge(&resolved, older_than, "retention", purged)
+                .await?;
+        }
+        Ok(purged)
+    }
+
     /// Deletes the letters matching `filter` whose last failure is older than
     /// `older_than`, in batches of `purge_batch_len_max`; returns how many.
     pub async fn purge(
@@ -593,6 +608,12 @@ impl DeadLetters {
         older_than: Duration,
         actor: &str,
     ) -> Result<u64, Error> {
+        let purged = self.delete(filter, older_than).await?;
+        self.audit_purge(filter, older_than, actor, purged).await?;
+        Ok(purged)
+    }
+
+    async fn delete(&self, filter: &Filter, older_than: Duration) -> Result<u64, Error> {
         let cutoff = micros_before(self.clock.now(), older_than);
         let clause = filter.to_where(2)?;
         let sql = format!(
@@ -608,9 +629,18 @@ impl DeadLetters {
                 .rows_affected();
             purged += deleted;
             if deleted < self.config.purge_batch_len_max as u64 {
-                break;
+                return Ok(purged);
             }
         }
+    }
+
+    async fn audit_purge(
+        &self,
+        filter: &Filter,
+        older_than: Duration,
+        actor: &str,
+        purged: u64,
+    ) -> Result<(), Error> {
         let target = serde_json::to_string(filter).unwrap_or_default();
         let mut tx = self.db.begin().await?;
         self.record(
@@ -622,8 +652,7 @@ impl DeadLetters {
             &format!("older than {} s", older_than.as_secs()),
         )
         .await?;
-        tx.commit().await?;
-        Ok(purged)
+        tx.commit().await
     }
 
     /// The latest `limit` audit entries, newest first.

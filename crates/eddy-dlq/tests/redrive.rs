@@ -344,6 +344,14 @@ async fn dead_letters_as_a_product(db: TestDb) {
         ..Filter::default()
     };
     assert_eq!(letters.count(&resolved).await.unwrap(), 8);
+    // The retention keeps them for now (an hour has not passed), and says nothing.
+    assert_eq!(
+        letters
+            .expire_resolved(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(
         letters
             .purge(&resolved, Duration::ZERO, "ops@test")
@@ -368,6 +376,11 @@ async fn dead_letters_as_a_product(db: TestDb) {
         .into_iter()
         .map(|e| e.operation)
         .collect();
+    let by_retention = letters.audit(100).await.unwrap();
+    assert!(
+        !by_retention.iter().any(|e| e.actor == "retention"),
+        "a retention run that deleted nothing is not audited: {by_retention:?}"
+    );
     for operation in ["redrive-dry-run", "redrive", "edit-and-redrive", "purge"] {
         assert!(
             audit.iter().any(|o| o == operation),

@@ -55,6 +55,7 @@ pub struct Config {
     pub relay: RelaySettings,
     pub maintenance: MaintenanceConfig,
     pub lag: LagSettings,
+    pub dead_letters: DeadLetterSettings,
     pub broker: BrokerConfig,
     pub cache: CacheSettings,
     /// Traces: contexts carried on events and calls, OTLP export when an endpoint is
@@ -88,6 +89,7 @@ impl Default for Config {
             relay: RelaySettings::default(),
             maintenance: MaintenanceConfig::default(),
             lag: LagSettings::default(),
+            dead_letters: DeadLetterSettings::default(),
             cache: CacheSettings::default(),
             broker: BrokerConfig::default(),
             tracing: eddy_telemetry::TraceConfig::default(),
@@ -351,7 +353,7 @@ impl Config {
     }
 
     /// Settings where 0 would stall or refuse everything.
-    fn positive_settings(&self) -> [(&'static str, u64); 37] {
+    fn positive_settings(&self) -> [(&'static str, u64); 39] {
         let size = |n: usize| n as u64;
         [
             (
@@ -364,6 +366,14 @@ impl Config {
             ),
             ("server.request_timeout_ms", self.server.request_timeout_ms),
             ("lag.interval_secs", self.lag.interval_secs),
+            (
+                "dead_letters.redrive_page_len",
+                size(self.dead_letters.redrive_page_len),
+            ),
+            (
+                "dead_letters.list_len_max",
+                size(self.dead_letters.list_len_max),
+            ),
             (
                 "orders.projection_batch_len_max",
                 size(self.orders.projection_batch_len_max),

@@ -642,6 +642,46 @@ impl Default for CacheSettings {
     }
 }
 
+/// Each service's dead letters (`eddy-dlq`, docs/dead-letters.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeadLetterSettings {
+    /// Redrives of one event after which a redrive leaves its letter open (the loop
+    /// guard). Default 3.
+    pub redrive_count_max: u32,
+    /// Resolved letters (redriven or edited) are deleted this long after their last
+    /// failure. Default 2,592,000 s (30 days).
+    pub resolved_retention_secs: u64,
+    /// Letters per step of a redrive (its checkpoint moves once per step). Default 100.
+    pub redrive_page_len: usize,
+    /// Most letters or groups one list answers. Default 1,000.
+    pub list_len_max: usize,
+}
+
+impl Default for DeadLetterSettings {
+    fn default() -> Self {
+        let store = eddy_dlq::DeadLetterConfig::default();
+        Self {
+            redrive_count_max: store.redrive_count_max,
+            resolved_retention_secs: 30 * 24 * 3600,
+            redrive_page_len: store.page_len,
+            list_len_max: store.list_len_max,
+        }
+    }
+}
+
+impl DeadLetterSettings {
+    /// The store's configuration, purges bounded like the platform's others.
+    pub fn store(&self, purge_batch_len_max: u64) -> eddy_dlq::DeadLetterConfig {
+        eddy_dlq::DeadLetterConfig {
+            redrive_count_max: self.redrive_count_max,
+            page_len: self.redrive_page_len,
+            list_len_max: self.list_len_max,
+            purge_batch_len_max: usize::try_from(purge_batch_len_max).unwrap_or(usize::MAX),
+        }
+    }
+}
+
 /// The consumer lag monitor (`eddy_telemetry::LagMonitor`, docs/lag.md): samples every
 /// group's partitions on a timer and judges each over a window.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -84,9 +84,15 @@ async fn open_services(config: &Config) -> anyhow::Result<Vec<ServiceDb>> {
         db.migrate(services::migrations(name))
             .await
             .with_context(|| format!("cannot migrate the {name} database"))?;
-        let service = ServiceDb::open(name, db)
-            .await
-            .with_context(|| format!("cannot open the {name} outbox"))?;
+        let service = ServiceDb::open_with(
+            name,
+            db,
+            config
+                .dead_letters
+                .store(config.maintenance.log_purge_batch_len_max),
+        )
+        .await
+        .with_context(|| format!("cannot open the {name} outbox"))?;
         opened.push(service);
     }
     Ok(opened)

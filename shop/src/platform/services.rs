@@ -49,6 +49,12 @@ pub async fn purge(
         batch_len_max,
     )
     .await?;
+    purged += service
+        .dead_letters
+        .expire_resolved(std::time::Duration::from_secs(
+            config.dead_letters.resolved_retention_secs,
+        ))
+        .await?;
     if service.name == ServiceName::Orders {
         let keys_before = crate::contracts::values::Timestamp::from_micros(before(
             maintenance.idempotency_keys_retention_secs,
