@@ -45,7 +45,13 @@ enum Command {
     Projections(shop::projections::ProjectionsArgs),
     /// Dead letters of a running platform (its admin API): list, group, show, redrive,
     /// edit and redrive, purge, audit.
-    Dlq(shop::dlq_cli::DlqArgs),
+    Dlq(shop::ops_cli::DlqArgs),
+    /// Each service's outbox of a running platform: backlog, oldest row, parked rows.
+    Outbox(shop::ops_cli::AdminArgs),
+    /// Consumer lag of a running platform, with the lag monitor's judgement.
+    Lag(shop::ops_cli::AdminArgs),
+    /// The circuit breakers of a running platform.
+    Breakers(shop::ops_cli::AdminArgs),
     /// Check the events' schemas against the snapshots in shop/schemas, or write them.
     #[command(subcommand)]
     Schemas(shop::contracts::schemas::SchemasCommand),
@@ -126,7 +132,10 @@ async fn main() {
         Command::Gateway(args) => gateway(args).await,
         Command::Token(args) => token(args),
         Command::Projections(args) => shop::projections::run(args).await,
-        Command::Dlq(args) => shop::dlq_cli::run(args).await,
+        Command::Dlq(args) => shop::ops_cli::run(args).await,
+        Command::Outbox(args) => shop::ops_cli::outbox(args).await,
+        Command::Lag(args) => shop::ops_cli::lag(args).await,
+        Command::Breakers(args) => shop::ops_cli::breakers(args).await,
         Command::Schemas(command) => shop::contracts::schemas::run(command),
         Command::Up(args) => {
             let stop = tokio_util::sync::CancellationToken::new();

@@ -1,7 +1,9 @@
 //! Dead letters in the platform, through the admin API and `shop dlq`: a notification
 //! that cannot be sent is dead-lettered and kept by the notifications service, grouped
 //! by fingerprint; once the sender is fixed, `shop dlq redrive --rate 50/s` hands each
-//! back exactly once and the group empties; every operation is in the audit.
+//! back exactly once and the group empties; every operation is in the audit. And the
+//! other operations commands (`shop outbox`, `shop lag`, `shop breakers`) on the same
+//! platform.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -185,6 +187,37 @@ async fn a_poison_notification_is_kept_grouped_and_redriven_once_when_fixed() {
         .await
         .iter()
         .all(|(_, n)| *n == 1));
+
+    // The other operations commands read the same admin API.
+    for (command, list) in [
+        ("outbox", "services"),
+        ("lag", "groups"),
+        ("breakers", "breakers"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_shop"))
+            .args([command, "--url", &app.base, "--token", TOKEN, "--json"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "shop {command}: {output:?}");
+        let value: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert!(value[list].is_array(), "shop {command}: {value}");
+    }
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_shop"))
+        .args([
+            "outbox",
+            "--url",
+            &app.base,
+            "--token",
+            "wrong-token-0123456789abcdef-0123456789",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "a wrong token is an error exit"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
 
     // Audited: the dry run and the redrives, by the CLI's user.
     let (_, audit) = dlq(&app, &["audit", "--service", "notifications"]);

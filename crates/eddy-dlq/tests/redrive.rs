@@ -394,25 +394,4 @@ async fn dead_letters_as_a_product(db: TestDb) {
     }
 }
 
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::TestDb::sqlite().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::TestDb::postgres().await).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(dead_letters_as_a_product);
+eddy_testkit::on_both_backends!(dead_letters_as_a_product);

@@ -709,28 +709,7 @@ async fn a_message_waiting_to_be_retried_does_not_hold_up_shutdown(db: TestDb) {
     assert_eq!(seqs, vec![0, 1, 2]);
 }
 
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::TestDb::sqlite().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::TestDb::postgres().await).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+eddy_testkit::on_both_backends!(
     poison_goes_to_dead_letters_and_the_partition_keeps_flowing,
     ten_thousand_events_keep_per_key_order_at_concurrency_32,
     a_failing_key_does_not_hold_up_other_keys,

@@ -40,3 +40,28 @@ where
     })
     .join();
 }
+
+/// Runs each of the named `async fn case(db: TestDb)` on SQLite and on PostgreSQL, as
+/// the tests `sqlite::case` and `postgres::case` (each with a fresh database). The
+/// calling file must have `TestDb` in scope.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::TestDb::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::TestDb::postgres().await).await;
+                }
+            )*
+        }
+    };
+}

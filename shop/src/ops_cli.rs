@@ -1,5 +1,7 @@
-//! `shop dlq …`: the dead letters of a running platform, through its admin API
-//! (`/admin/dead-letters`, see [`crate::platform::dead_letters`]).
+//! The operations commands — `shop dlq …`, `shop outbox`, `shop lag`, `shop breakers`
+//! — talking to a running platform through its admin API (`/admin/…`, see
+//! [`crate::admin`] and [`crate::platform::dead_letters`]). `shop projections` works on
+//! the databases directly, which is safe whether the platform runs or not.
 //!
 //! Tables that fit the terminal (`COLUMNS`, else 120 columns), `--json` for scripts,
 //! a progress bar with rate and ETA while a redrive runs, and exit codes a script can
@@ -14,15 +16,8 @@ use serde_json::{json, Value};
 
 #[derive(Debug, clap::Args)]
 pub struct DlqArgs {
-    /// The platform (or the service process) to ask.
-    #[arg(long, env = "EDDY_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// The admin token (`admin.token` of the platform).
-    #[arg(long, env = "EDDY_ADMIN__TOKEN", hide_env_values = true)]
-    pub token: String,
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
-    pub json: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     #[command(subcommand)]
     pub command: DlqCommand,
 }
@@ -110,19 +105,24 @@ pub struct Selection {
 }
 
 impl Selection {
-    fn filter(&self) -> Value {
-        let mut filter = serde_json::Map::new();
-        for (name, value) in [
+    /// The filter's fields that are set.
+    fn fields(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        [
             ("topic", &self.topic),
             ("event_type", &self.event_type),
             ("key", &self.key),
             ("fingerprint", &self.fingerprint),
             ("status", &self.status),
-        ] {
-            if let Some(value) = value {
-                filter.insert(name.into(), value.clone().into());
-            }
-        }
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+    }
+
+    fn filter(&self) -> Value {
+        let mut filter: serde_json::Map<String, Value> = self
+            .fields()
+            .map(|(name, value)| (name.to_owned(), value.clone().into()))
+            .collect();
         if !self.ids.is_empty() {
             filter.insert("ids".into(), self.ids.clone().into());
         }
@@ -131,19 +131,105 @@ impl Selection {
 
     fn query(&self) -> Vec<(&'static str, String)> {
         let mut query = vec![("limit", self.limit.to_string())];
-        for (name, value) in [
-            ("topic", &self.topic),
-            ("event_type", &self.event_type),
-            ("key", &self.key),
-            ("fingerprint", &self.fingerprint),
-            ("status", &self.status),
-        ] {
-            if let Some(value) = value {
-                query.push((name, value.clone()));
-            }
-        }
+        query.extend(self.fields().map(|(name, value)| (name, value.clone())));
         query
     }
+}
+
+/// Where the admin API is, and how to print.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The platform (or the service process) to ask.
+    #[arg(long, env = "EDDY_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The admin token (`admin.token` of the platform).
+    #[arg(long, env = "EDDY_ADMIN__TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl AdminArgs {
+    fn client(&self) -> anyhow::Result<Admin> {
+        Ok(Admin {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+            url: self.url.trim_end_matches('/').to_owned(),
+            token: self.token.clone(),
+        })
+    }
+}
+
+/// `shop outbox`: each service's outbox — backlog, oldest unpublished row, parked rows.
+pub async fn outbox(args: AdminArgs) -> anyhow::Result<()> {
+    let state = args.client()?.get("/admin/outbox", &[]).await?;
+    print(args.json, &state, |state| {
+        table(
+            &[
+                "service",
+                "pending",
+                "oldest pending (s)",
+                "parked",
+                "published kept",
+            ],
+            state["services"].as_array().into_iter().flatten().map(|s| {
+                vec![
+                    text(&s["service"]),
+                    s["pending"].to_string(),
+                    s["oldest_pending_age_seconds"]
+                        .as_f64()
+                        .map_or_else(|| "-".to_owned(), |a| format!("{a:.1}")),
+                    s["parked"].to_string(),
+                    s["published_kept"].to_string(),
+                ]
+            }),
+        );
+    });
+    Ok(())
+}
+
+/// `shop lag`: every consumer group's lag and the monitor's judgement, per topic.
+pub async fn lag(args: AdminArgs) -> anyhow::Result<()> {
+    let lag = args.client()?.get("/admin/lag", &[]).await?;
+    print(args.json, &lag, |lag| {
+        let mut rows = Vec::new();
+        for group in lag["groups"].as_array().into_iter().flatten() {
+            for topic in group["topics"].as_array().into_iter().flatten() {
+                rows.push(vec![
+                    text(&group["group"]),
+                    text(&topic["topic"]),
+                    text(&topic["status"]),
+                    topic["lag_messages"].to_string(),
+                    topic["lag_seconds"]
+                        .as_f64()
+                        .map_or_else(|| "-".to_owned(), |s| format!("{s:.1}")),
+                ]);
+            }
+        }
+        table(
+            &["group", "topic", "status", "lag", "lag (s)"],
+            rows.into_iter(),
+        );
+    });
+    Ok(())
+}
+
+/// `shop breakers`: each circuit breaker's state.
+pub async fn breakers(args: AdminArgs) -> anyhow::Result<()> {
+    let breakers = args.client()?.get("/admin/breakers", &[]).await?;
+    print(args.json, &breakers, |breakers| {
+        table(
+            &["breaker", "state"],
+            breakers["breakers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| vec![text(&b["name"]), text(&b["state"])]),
+        );
+    });
+    Ok(())
 }
 
 /// Talks to the admin API.
@@ -190,18 +276,13 @@ impl Admin {
 
 /// Runs `shop dlq …`.
 pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
-    let admin = Admin {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?,
-        url: args.url.trim_end_matches('/').to_owned(),
-        token: args.token,
-    };
+    let admin = args.admin.client()?;
+    let json = args.admin.json;
     let base = "/admin/dead-letters";
     match args.command {
         DlqCommand::Overview => {
             let overview = admin.get(base, &[]).await?;
-            print(args.json, &overview, |out| {
+            print(json, &overview, |out| {
                 for service in out["services"].as_array().into_iter().flatten() {
                     println!("{}: {} open", text(&service["service"]), service["open"]);
                     groups_table(&service["groups"]);
@@ -212,7 +293,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
             let page = admin
                 .get(&format!("{base}/{}", selection.service), &selection.query())
                 .await?;
-            print(args.json, &page, |page| {
+            print(json, &page, |page| {
                 table(
                     &[
                         "id",
@@ -246,13 +327,13 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
                     &selection.query(),
                 )
                 .await?;
-            print(args.json, &groups, |groups| groups_table(&groups["groups"]));
+            print(json, &groups, |groups| groups_table(&groups["groups"]));
         }
         DlqCommand::Show { service, id } => {
             let letter = admin
                 .get(&format!("{base}/{service}/letters/{id}"), &[])
                 .await?;
-            print(args.json, &letter, |letter| {
+            print(json, &letter, |letter| {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(letter).unwrap_or_default()
@@ -289,7 +370,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
                 }
             };
             if dry_run {
-                print(args.json, &started, |report| {
+                print(json, &started, |report| {
                     println!(
                         "dry run: {} would be redriven, {} held back by the loop guard",
                         report["redriven"], report["skipped"]
@@ -298,8 +379,8 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             let job = text(&started["job"]);
-            let report = follow(&admin, &service, &job, args.json).await?;
-            print(args.json, &report, |report| {
+            let report = follow(&admin, &service, &job, json).await?;
+            print(json, &report, |report| {
                 println!(
                     "redrive {job}: {} — {} redriven, {} skipped (resume with --resume {job} if it stopped)",
                     text(&report["state"]),
@@ -317,7 +398,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
                     json!({"patch": patch}),
                 )
                 .await?;
-            print(args.json, &done, |done| {
+            print(json, &done, |done| {
                 println!("redriven as event {}", text(&done["redriven_event_id"]));
             });
         }
@@ -332,9 +413,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
             let done = admin
                 .post(&format!("{base}/{}/purge", selection.service), body)
                 .await?;
-            print(args.json, &done, |done| {
-                println!("purged {}", done["purged"])
-            });
+            print(json, &done, |done| println!("purged {}", done["purged"]));
         }
         DlqCommand::Audit { service, limit } => {
             let audit = admin
@@ -343,7 +422,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
                     &[("limit", limit.to_string())],
                 )
                 .await?;
-            print(args.json, &audit, |audit| {
+            print(json, &audit, |audit| {
                 table(
                     &["at", "actor", "operation", "affected", "target", "detail"],
                     audit["entries"].as_array().into_iter().flatten().map(|e| {
