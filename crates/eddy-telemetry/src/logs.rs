@@ -40,7 +40,15 @@ pub fn init(level: &str, json: bool, traces: Option<&crate::Traces>) {
             .with_filter(filter.and(noise_filter()))
             .boxed()
     } else {
-        text.with_filter(filter.and(noise_filter())).boxed()
+        // Text lines do not carry the messaging spans: their dozen attributes would
+        // prefix every line written while handling an event, and formatting them would
+        // cost every request and delivery its span's worth of CPU. JSON lines do (the
+        // ids they carry come from those spans).
+        let not_traced = FilterFn::new(|meta: &tracing::Metadata<'_>| {
+            !(meta.is_span() && meta.target() == "eddy_trace")
+        });
+        text.with_filter(filter.and(noise_filter()).and(not_traced))
+            .boxed()
     };
     let spans = traces.map(|traces| {
         // No thread, source location or busy/idle time attributes: a cost per span
