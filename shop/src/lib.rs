@@ -26,6 +26,7 @@
 //!   health and metrics, start and graceful stop.
 //! - [`admin`] — the operators' API under `/admin/…` (token, rate limit, audit); off
 //!   unless `admin.token` is set.
+//! - [`status`] — the live status page at `/status`, reading the admin API.
 //! - [`config`] — typed, layered, validated configuration.
 //! - [`problem`] — RFC 9457 errors; [`openapi`] — the generated API document.
 //! - [`gateway`] — one public API in front of one process per service.
@@ -51,4 +52,5 @@ pub mod problem;
 pub mod projections;
 pub mod provider;
 pub mod service;
+pub mod status;
 pub mod up;

@@ -138,9 +138,12 @@ pub async fn router(sources: Sources<'_>) -> anyhow::Result<Option<Router>> {
 }
 
 /// Further admin routes, behind the same guard — rate limit, token, audit — as every
-/// admin route: the dead letters of `services` ([`crate::platform::dead_letters`]).
+/// admin route: the dead letters of `services` ([`crate::platform::dead_letters`]) and
+/// what the status page reads ([`crate::status`]).
 pub fn extend(routes: Router<Admin>, services: &[ServiceDb]) -> Router<Admin> {
-    routes.merge(crate::platform::dead_letters::routes(services))
+    routes
+        .merge(crate::platform::dead_letters::routes(services))
+        .merge(crate::status::routes(services))
 }
 
 /// The projections whose service this process runs, opened on that service's database

@@ -432,6 +432,7 @@ pub async fn start(config: Config) -> anyhow::Result<Platform> {
         .routes
         .merge(health::router().with_state(readiness))
         .split_for_parts();
+    let routes = routes.merge(crate::status::page(!config.admin.token.is_empty()));
     let public = platform_layers(
         routes
             .fallback(not_found)
