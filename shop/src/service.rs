@@ -132,10 +132,17 @@ impl ServiceDb {
         event: &E,
         cause: Option<&Envelope>,
     ) -> Result<Envelope, eddy_core::Error> {
-        let envelope = JsonCodec::encode(event, self.clock.as_ref())?;
+        let mut envelope = JsonCodec::encode(event, self.clock.as_ref())?;
         Ok(match cause {
             Some(cause) => envelope.caused_by(cause),
-            None => envelope,
+            None => {
+                // Made by a request: it belongs to the request's trace wherever it is
+                // kept (an event store, the outbox), not only once published.
+                if let Some(context) = eddy_trace::current() {
+                    eddy_trace::inject(&context, &mut envelope.headers);
+                }
+                envelope
+            }
         })
     }
 

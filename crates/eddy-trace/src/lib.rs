@@ -170,15 +170,43 @@ pub fn process_span(
     span
 }
 
+tokio::task_local! {
+    /// The context a request came with, while it is handled (see [`carrying`]).
+    static CARRIED: SpanContext;
+}
+
+/// Runs `work` (the handling of a request) with `context` — the caller's — at hand for
+/// [`create`]: when no spans are recorded here, an event the request creates carries the
+/// caller's context instead of none, so a trace started upstream is not cut at the
+/// first process that does not record.
+pub async fn carrying<F: std::future::Future>(context: Option<SpanContext>, work: F) -> F::Output {
+    match context {
+        Some(context) => CARRIED.scope(context, work).await,
+        None => work.await,
+    }
+}
+
+/// The context work in progress here belongs to: the current span's when spans are
+/// recorded, else the request's being handled ([`carrying`]), else none. For stamping
+/// an event made without a cause (by a request) before it is stored anywhere.
+pub fn current() -> Option<SpanContext> {
+    context_of(&Span::current()).or_else(|| CARRIED.try_with(SpanContext::clone).ok())
+}
+
 /// The span that creates `envelope` for `topic` (written to the outbox): `create
 /// {topic}`, kind producer, the child of the context the envelope carries (the event
 /// that caused it) or else of the current span (the request that made it). Closed at
-/// once; the envelope carries its context. `None` when no context is recorded here:
-/// the envelope keeps what it carries.
+/// once; the envelope carries its context. When no span is recorded here: the context
+/// of the request being handled ([`carrying`]) for an envelope that carries none, else
+/// `None` — the envelope keeps what it carries.
 pub fn create(topic: &str, envelope: &Envelope) -> Option<SpanContext> {
     let span = create_span(topic, envelope);
     let remote = extract(&envelope.headers);
-    adopt(&span, remote.as_ref())
+    match adopt(&span, remote.as_ref()) {
+        Some(own) => Some(own),
+        None if remote.is_none() => CARRIED.try_with(SpanContext::clone).ok(),
+        None => None,
+    }
 }
 
 /// See [`create`].
@@ -344,6 +372,29 @@ mod tests {
             assert_eq!(envelope.headers.get(Headers::TRACEPARENT), Some(SAMPLE));
             assert_eq!(create("t", &envelope), None);
         });
+    }
+
+    #[tokio::test]
+    async fn without_a_recording_layer_an_event_a_request_creates_carries_the_callers_context() {
+        let caller = parse_traceparent(SAMPLE, None).unwrap();
+        let bare = Envelope::new(
+            "t.E",
+            1,
+            "k",
+            Vec::new(),
+            eddy_core::OffsetDateTime::UNIX_EPOCH,
+        );
+        let created = carrying(Some(caller.clone()), async { create("t", &bare) }).await;
+        assert_eq!(created, Some(caller));
+        // Outside a request, or for an event that carries its own context: nothing.
+        assert_eq!(create("t", &bare), None);
+        let other = "00-11111111111111111111111111111111-2222222222222222-01";
+        let caused = bare.clone().with_header(Headers::TRACEPARENT, other);
+        let kept = carrying(parse_traceparent(SAMPLE, None), async {
+            create("t", &caused)
+        })
+        .await;
+        assert_eq!(kept, None, "the envelope keeps the context it carries");
     }
 
     /// The spans as OpenTelemetry records them, through the real layer and SDK.

@@ -323,16 +323,17 @@ async fn record_http(request: Request, next: Next) -> Response {
 /// Runs `request` in its server span (`{method} {route}`, the child of the caller's
 /// `traceparent`), the answer's status recorded on it.
 pub(crate) async fn traced(route: &str, request: Request, next: Next) -> Response {
-    let span = {
+    let (span, caller) = {
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
-        eddy_trace::server_span(
-            request.method().as_str(),
-            route,
-            header("traceparent"),
-            header("tracestate"),
+        let (parent, state) = (header("traceparent"), header("tracestate"));
+        (
+            eddy_trace::server_span(request.method().as_str(), route, parent, state),
+            parent.and_then(|p| eddy_trace::parse_traceparent(p, state)),
         )
     };
-    let response = next.run(request).instrument(span.clone()).await;
+    let response = eddy_trace::carrying(caller, next.run(request))
+        .instrument(span.clone())
+        .await;
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
