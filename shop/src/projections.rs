@@ -43,6 +43,13 @@ pub struct Target {
     /// Print JSON instead of text (and no progress bar).
     #[arg(long)]
     pub json: bool,
+    /// Ask a running platform through its admin API instead of opening the databases
+    /// (e.g. `http://127.0.0.1:8080`; needs the admin token).
+    #[arg(long, env = "EDDY_ADMIN_URL")]
+    pub url: Option<String>,
+    /// The admin token, with `--url`.
+    #[arg(long, env = "EDDY_ADMIN__TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Every projection of the platform: the service whose database holds it, and it.
@@ -145,6 +152,9 @@ pub async fn run(args: ProjectionsArgs) -> anyhow::Result<()> {
         ProjectionsCommand::Status(target) => (target, false),
         ProjectionsCommand::Rebuild(target) => (target, true),
     };
+    if let Some(url) = &target.url {
+        return through_admin(target, url, rebuilding).await;
+    }
     let mut config = Config::load(target.config.as_deref())?;
     if let Some(dir) = &target.data_dir {
         config.data_dir = dir.clone();
@@ -203,4 +213,109 @@ pub async fn run(args: ProjectionsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `status` and `rebuild` through a running platform's admin API: a rebuild is started
+/// there and followed (progress bar with rate and ETA) until it is swapped in.
+async fn through_admin(target: &Target, url: &str, rebuilding: bool) -> anyhow::Result<()> {
+    let token = target
+        .token
+        .as_deref()
+        .context("--url needs the admin token (--token or EDDY_ADMIN__TOKEN)")?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()?;
+    let base = url.trim_end_matches('/');
+    let read = || async {
+        let response = http
+            .get(format!("{base}/admin/projections"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the platform at {base}"))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!("{status}: {}", body["detail"].as_str().unwrap_or(""));
+        }
+        let all = body["projections"].as_array().cloned().unwrap_or_default();
+        Ok::<_, anyhow::Error>(
+            all.into_iter()
+                .filter(|p| target.name.as_deref().is_none_or(|n| p["name"] == n))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let before = read().await?;
+    if before.is_empty() {
+        anyhow::bail!("no such projection in the platform at {base}");
+    }
+    if !rebuilding {
+        println!("{}", serde_json::to_string_pretty(&before)?);
+        return Ok(());
+    }
+    let started = Instant::now();
+    for projection in &before {
+        let name = projection["name"].as_str().unwrap_or_default();
+        let generation = projection["generation"].as_u64().unwrap_or(0);
+        let response = http
+            .post(format!("{base}/admin/projections/{name}/rebuild"))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            anyhow::bail!("{status}: {}", body["detail"].as_str().unwrap_or(""));
+        }
+        let bar = if target.json {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(0)
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} {bar:40} {pos}/{len} events  {per_sec}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(name.to_owned());
+        // Swapped in when the generation moved on and no rebuild is left.
+        loop {
+            let now = read().await?;
+            let Some(current) = now.iter().find(|p| p["name"] == name) else {
+                anyhow::bail!("projection {name} disappeared");
+            };
+            bar.set_length(current["head"].as_u64().unwrap_or(0));
+            bar.set_position(current["rebuilding"][1].as_u64().unwrap_or(0));
+            if current["rebuilding"].is_null()
+                && current["generation"].as_u64().unwrap_or(0) > generation
+            {
+                bar.finish_and_clear();
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    let after = read().await?;
+    if target.json {
+        println!("{}", serde_json::to_string_pretty(&after)?);
+    } else {
+        for p in &after {
+            println!(
+                "{}: rebuilt as generation {}, at position {} of {} ({:.1} s)",
+                text(&p["name"]),
+                p["generation"],
+                p["position"],
+                p["head"],
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn text(value: &serde_json::Value) -> String {
+    value
+        .as_str()
+        .map_or_else(|| value.to_string(), str::to_owned)
 }

@@ -123,6 +123,10 @@ pub async fn router(sources: Sources<'_>) -> anyhow::Result<Option<Router>> {
         .route("/admin/lag", get(views::lag))
         .route("/admin/breakers", get(views::breakers))
         .route("/admin/projections", get(views::projections))
+        .route(
+            "/admin/projections/{name}/rebuild",
+            axum::routing::post(views::rebuild_projection),
+        )
         .route("/admin/audit", get(views::audit));
     let routes = extend(routes, sources.services)
         // Unknown admin paths are answered behind the guard too: without the token,

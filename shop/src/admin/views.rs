@@ -97,6 +97,54 @@ pub async fn projections(State(admin): State<Admin>) -> Result<Json<serde_json::
     Ok(Json(serde_json::json!({ "projections": reports })))
 }
 
+/// Rebuilds running in this process, by projection name: a second request for one
+/// that runs is refused here (the store refuses one from another process).
+static REBUILDING: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// `POST /admin/projections/{name}/rebuild`: starts rebuilding projection `name` in the
+/// background (the live views keep serving until the rebuilt ones are swapped in; a
+/// stopped rebuild resumes) and answers 202 with its status; `GET /admin/projections`
+/// follows it (`rebuilding` until the swap). 404 for a projection this process does not
+/// keep, 409 while one runs.
+pub async fn rebuild_projection(
+    State(admin): State<Admin>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
+    let Some(projector) = admin.projectors.iter().find(|p| p.name() == name).cloned() else {
+        return Err(ApiError::NotFound("projection"));
+    };
+    {
+        let mut running = REBUILDING.lock().unwrap_or_else(|p| p.into_inner());
+        if !running.insert(name.clone()) {
+            return Err(ApiError::Conflict(
+                "rebuild-running",
+                format!("projection {name} is being rebuilt already"),
+            ));
+        }
+    }
+    let status = projector.status().await;
+    let report = status.map(|status| crate::projections::report(projector.name(), status, None));
+    tokio::spawn(async move {
+        match projector.rebuild(|_| {}).await {
+            Ok(events) => {
+                tracing::info!(projection = %name, events, "projection rebuilt and swapped in")
+            }
+            Err(error) => {
+                tracing::warn!(projection = %name, %error, "projection rebuild stopped; start it again to resume")
+            }
+        }
+        REBUILDING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+    });
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "projection": report? })),
+    ))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
