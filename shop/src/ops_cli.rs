@@ -53,6 +53,18 @@ pub enum DlqCommand {
         #[arg(long, conflicts_with = "dry_run")]
         resume: Option<String>,
     },
+    /// Pause a running redrive after its current step (`redrive --resume` continues it).
+    Pause {
+        #[arg(long)]
+        service: String,
+        job: String,
+    },
+    /// Stop a redrive for good after its current step.
+    Cancel {
+        #[arg(long)]
+        service: String,
+        job: String,
+    },
     /// Apply a JSON Patch (RFC 6902) to one letter's payload and redrive it.
     Edit {
         #[arg(long)]
@@ -389,6 +401,12 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
                 );
             });
         }
+        DlqCommand::Pause { service, job } => {
+            control(&admin, json, &service, &job, "pause").await?
+        }
+        DlqCommand::Cancel { service, job } => {
+            control(&admin, json, &service, &job, "cancel").await?
+        }
         DlqCommand::Edit { service, id, patch } => {
             let patch: Value =
                 serde_json::from_str(&patch).context("--patch is not JSON (an RFC 6902 array)")?;
@@ -439,6 +457,31 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
             });
         }
     }
+    Ok(())
+}
+
+/// Pauses or cancels redrive `job` of `service` (`action`) and prints where it stands.
+async fn control(
+    admin: &Admin,
+    json: bool,
+    service: &str,
+    job: &str,
+    action: &str,
+) -> anyhow::Result<()> {
+    let progress = admin
+        .post(
+            &format!("/admin/dead-letters/{service}/redrives/{job}/{action}"),
+            json!({}),
+        )
+        .await?;
+    print(json, &progress, |progress| {
+        println!(
+            "redrive {job}: {} after {} redriven, {} skipped",
+            text(&progress["state"]),
+            progress["redriven"],
+            progress["skipped"]
+        );
+    });
     Ok(())
 }
 

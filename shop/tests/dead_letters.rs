@@ -153,6 +153,14 @@ async fn a_poison_notification_is_kept_grouped_and_redriven_once_when_fixed() {
     assert_eq!(status, 0);
     assert_eq!(report["state"], "done", "{report}");
     assert_eq!(report["redriven"], 3, "{report}");
+    // A finished job stays finished whatever it is asked.
+    let job = report["job"].as_str().unwrap().to_owned();
+    let (status, cancelled) = dlq(&app, &["cancel", "--service", "notifications", &job]);
+    assert_eq!(
+        (status, &cancelled["state"]),
+        (0, &json!("done")),
+        "{cancelled}"
+    );
 
     // Each order notified exactly once; the group is empty; a second redrive sends none.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
