@@ -163,18 +163,7 @@ pub async fn run(args: ProjectionsArgs) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for projector in open(&config, target.name.as_deref()).await? {
         let report = if rebuilding {
-            let bar = if target.json {
-                indicatif::ProgressBar::hidden()
-            } else {
-                indicatif::ProgressBar::new(0)
-            };
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} {bar:40} {pos}/{len} events  {per_sec}  ETA {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            bar.set_message(projector.name());
+            let bar = rebuild_bar(projector.name(), target.json);
             let report = rebuild(&projector, |p| {
                 bar.set_length(p.head);
                 bar.set_position(p.position);
@@ -213,6 +202,24 @@ pub async fn run(args: ProjectionsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The progress bar of rebuilding projection `name` (events, rate, ETA); hidden for
+/// `--json`.
+fn rebuild_bar(name: &str, json: bool) -> indicatif::ProgressBar {
+    let bar = if json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {bar:40} {pos}/{len} events  {per_sec}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(name.to_owned());
+    bar
 }
 
 /// `status` and `rebuild` through a running platform's admin API: a rebuild is started
@@ -267,18 +274,7 @@ async fn through_admin(target: &Target, url: &str, rebuilding: bool) -> anyhow::
             let body: serde_json::Value = response.json().await.unwrap_or_default();
             anyhow::bail!("{status}: {}", body["detail"].as_str().unwrap_or(""));
         }
-        let bar = if target.json {
-            indicatif::ProgressBar::hidden()
-        } else {
-            indicatif::ProgressBar::new(0)
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} {bar:40} {pos}/{len} events  {per_sec}  ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(name.to_owned());
+        let bar = rebuild_bar(name, target.json);
         // Swapped in when the generation moved on and no rebuild is left.
         loop {
             let now = read().await?;
