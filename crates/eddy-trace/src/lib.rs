@@ -376,6 +376,8 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_recording_layer_an_event_a_request_creates_carries_the_callers_context() {
+        // A subscriber without the OpenTelemetry layer, as above (not none at all).
+        let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
         let caller = parse_traceparent(SAMPLE, None).unwrap();
         let bare = Envelope::new(
             "t.E",
