@@ -307,6 +307,17 @@ impl Subscriber for Nats {
     }
 
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Subscription>, Error> {
+        // The group is the durable consumer's name, a token of JetStream's API subject:
+        // a `.` would split it, and the request would wait for a reply that never comes.
+        if group.is_empty()
+            || group
+                .chars()
+                .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace())
+        {
+            return Err(Error::permanent(format!(
+                "consumer group {group:?} cannot name a JetStream consumer: it must be non-empty, without '.', '*', '>' or white space"
+            )));
+        }
         let stream = self.ensure_topic(topic).await?;
         let consumer: jetstream::consumer::PullConsumer = stream
             .get_or_create_consumer(

@@ -217,3 +217,32 @@ async fn an_event_over_max_payload_is_refused_permanently() {
     );
     member.close().await.unwrap();
 }
+
+/// A consumer group JetStream cannot name (a durable name with `.`, `*`, `>` or white
+/// space: it would split the API subject, and the request would wait for an answer that
+/// never comes) is refused at once with a permanent error that says why — not a timeout
+/// the supervisor retries for ever. Found when the shop named a group
+/// `catalog.dead-letters`.
+#[tokio::test]
+async fn a_group_name_jetstream_cannot_take_is_refused_at_once() {
+    use eddy_testkit::conformance::Fixture as _;
+    let fixture = fixture().await;
+    let topic = fixture.topic(1).await;
+    for group in ["catalog.dead-letters", "a*", "b>", "with space"] {
+        let started = std::time::Instant::now();
+        let error = match fixture.nats.subscribe(&topic, group).await {
+            Ok(_) => panic!("{group:?} was accepted"),
+            Err(error) => error,
+        };
+        assert_eq!(
+            error.kind(),
+            eddy_core::ErrorKind::Permanent,
+            "{group}: {error}"
+        );
+        assert!(error.to_string().contains(group), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{group}: {error}"
+        );
+    }
+}

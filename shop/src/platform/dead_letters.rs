@@ -2,7 +2,7 @@
 //! group (`eddy-dlq`, in the service's database), and the admin API works on them.
 //!
 //! For every topic a service consumes, a consumer of `<topic>.dlq` (group
-//! `<service>.dead-letters`) stores the letters its group wrote there — the same on the
+//! `<service>-dead-letters`) stores the letters its group wrote there — the same on the
 //! embedded log, Kafka and NATS. A redrive goes out through the service's outbox, so a
 //! letter is resolved exactly when its event is durably on its way back.
 //!
@@ -65,7 +65,7 @@ pub(crate) fn start_store(
         .ingest(Some(HashSet::from([name.to_owned()])));
     let consumer = Consumer::new(
         dlq.clone(),
-        format!("{name}.dead-letters"),
+        format!("{name}-dead-letters"),
         broker.subscriber(),
         broker.publisher(),
         eddy_runtime::Router::new().any(ingest),
