@@ -163,6 +163,11 @@ pub fn process_span(
         correlation_id = %envelope.correlation_id,
         event_id = %envelope.id,
     );
+    // Nothing records it (no subscriber wants these spans): the event keeps what it
+    // carries, and reading its context would be work on every delivery for nothing.
+    if span.is_disabled() {
+        return span;
+    }
     let remote = extract(&envelope.headers);
     if let Some(own) = adopt(&span, remote.as_ref()) {
         inject(&own, &mut envelope.headers);
@@ -240,16 +245,16 @@ pub fn send_span(system: &'static str, topic: &str, events: &[Envelope]) -> Span
         messaging.batch.message_count = events.len(),
         trace_id = Empty,
     );
+    // A batch of one belongs to that event's trace: say so in its log lines.
+    let mut single = None;
     for envelope in events {
         if let Some(context) = extract(&envelope.headers) {
+            if events.len() == 1 {
+                single = Some(context.clone());
+            }
             span.add_link(context);
         }
     }
-    // A batch of one belongs to that event's trace: say so in its log lines.
-    let single = match events {
-        [one] => extract(&one.headers),
-        _ => None,
-    };
     if let Some(trace) = context_of(&span)
         .or(single)
         .map(|context| context.trace_id())
@@ -260,14 +265,10 @@ pub fn send_span(system: &'static str, topic: &str, events: &[Envelope]) -> Span
 }
 
 /// The span of answering one HTTP request: `{method} {route}`, kind server, the child
-/// of the caller's `traceparent` if it sent one. `route` is the route template, never
-/// the raw path (a span name per URL would be unbounded).
-pub fn server_span(
-    method: &str,
-    route: &str,
-    traceparent: Option<&str>,
-    tracestate: Option<&str>,
-) -> Span {
+/// of `caller`, the context the caller's `traceparent` names ([`parse_traceparent`]) if
+/// it sent one. `route` is the route template, never the raw path (a span name per URL
+/// would be unbounded).
+pub fn server_span(method: &str, route: &str, caller: Option<&SpanContext>) -> Span {
     let span = tracing::info_span!(
         "request",
         otel.name = %format_args!("{method} {route}"),
@@ -278,8 +279,7 @@ pub fn server_span(
         http.response.status_code = Empty,
         trace_id = Empty,
     );
-    let remote = traceparent.and_then(|t| parse_traceparent(t, tracestate));
-    adopt(&span, remote.as_ref());
+    adopt(&span, caller);
     span
 }
 
@@ -418,7 +418,7 @@ mod tests {
     fn an_event_is_created_sent_and_processed_in_one_trace() {
         let remote = parse_traceparent(SAMPLE, None).unwrap();
         let ((created, processed_header), spans) = recorded(|| {
-            let request = server_span("POST", "/v1/orders", Some(SAMPLE), None);
+            let request = server_span("POST", "/v1/orders", Some(&remote));
             let _in_request = request.enter();
             let mut envelope = Envelope::new(
                 "t.E",

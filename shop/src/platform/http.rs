@@ -325,11 +325,10 @@ async fn record_http(request: Request, next: Next) -> Response {
 pub(crate) async fn traced(route: &str, request: Request, next: Next) -> Response {
     let (span, caller) = {
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
-        let (parent, state) = (header("traceparent"), header("tracestate"));
-        (
-            eddy_trace::server_span(request.method().as_str(), route, parent, state),
-            parent.and_then(|p| eddy_trace::parse_traceparent(p, state)),
-        )
+        let caller = header("traceparent")
+            .and_then(|parent| eddy_trace::parse_traceparent(parent, header("tracestate")));
+        let span = eddy_trace::server_span(request.method().as_str(), route, caller.as_ref());
+        (span, caller)
     };
     let response = eddy_trace::carrying(caller, next.run(request))
         .instrument(span.clone())
