@@ -496,10 +496,14 @@ impl DeadLetters {
     /// The letters matching `filter` grouped by fingerprint, the largest group first.
     pub async fn groups(&self, filter: &Filter) -> Result<Vec<FailureGroup>, Error> {
         let clause = filter.to_where(1)?;
+        // One statement: the groups, each joined to its latest letter for the sample
+        // message (not a query per group).
         let sql = format!(
-            "SELECT fingerprint, MIN(error_kind) AS error_kind, MIN(consumer_group) AS consumer_group, MIN(event_type) AS event_type, \
+            "SELECT g.*, d.error AS sample_error FROM (\
+             SELECT fingerprint, MIN(error_kind) AS error_kind, MIN(consumer_group) AS consumer_group, MIN(event_type) AS event_type, \
              COUNT(*) AS letters, MIN(first_failure_at_us) AS first_us, MAX(last_failure_at_us) AS last_us, MAX(seq) AS latest \
-             FROM eddy_dead_letters WHERE {} GROUP BY fingerprint ORDER BY letters DESC, latest DESC LIMIT {}",
+             FROM eddy_dead_letters WHERE {} GROUP BY fingerprint) g \
+             JOIN eddy_dead_letters d ON d.seq = g.latest ORDER BY g.letters DESC, g.latest DESC LIMIT {}",
             clause.sql, self.config.list_len_max
         );
         let rows = bind_where(sqlx::query(&sql), &clause)
@@ -516,18 +520,12 @@ impl DeadLetters {
                 row.try_get::<i64, _>(name)
                     .map_err(|e| classify("cannot group dead letters", e))
             };
-            let latest: String =
-                sqlx::query_scalar("SELECT error FROM eddy_dead_letters WHERE seq = $1")
-                    .bind(get_int("latest")?)
-                    .fetch_one(self.db.pool())
-                    .await
-                    .map_err(|e| classify("cannot group dead letters", e))?;
             groups.push(FailureGroup {
                 fingerprint: get_text("fingerprint")?,
                 error_kind: get_text("error_kind")?,
                 group: get_text("consumer_group")?,
                 event_type: get_text("event_type")?,
-                sample_error: latest,
+                sample_error: get_text("sample_error")?,
                 count: get_int("letters")?,
                 first_seen: from_micros(get_int("first_us")?)?,
                 last_seen: from_micros(get_int("last_us")?)?,
