@@ -17,25 +17,14 @@ async fn an_order_placed_with_a_traceparent_carries_its_trace_through_the_saga()
     let app = spawn_app(|config| config.admin.token = Secret::new(TOKEN)).await;
     let product = app.product(700, 10).await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    // Orders learns of the product through an event: until then the order is a 422.
-    let placed = loop {
-        let placed = app
-            .http
-            .post(format!("{}/v1/orders", app.base))
-            .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
-            .json(
-                &json!({"customer_id": "tess", "lines": [{"product_id": product, "quantity": 1}]}),
-            )
-            .send()
-            .await
-            .unwrap();
-        if placed.status() != 422 {
-            break placed;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    assert_eq!(placed.status(), 202);
-    let order: Value = placed.json().await.unwrap();
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let order = app
+        .order_with_headers(
+            "tess",
+            json!([{"product_id": product, "quantity": 1}]),
+            &[("traceparent", traceparent.as_str())],
+        )
+        .await;
     let id = order["id"].as_str().unwrap();
     app.settled(id).await;
     let events: Value = app

@@ -222,14 +222,26 @@ impl TestApp {
 
     /// Places an order, retrying while the product is not yet known to orders.
     pub async fn order(&self, customer: &str, lines: Value, key: Option<&str>) -> Value {
+        let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+        self.order_with_headers(customer, lines, &headers).await
+    }
+
+    /// [`TestApp::order`] with these request headers (an idempotency key, a
+    /// `traceparent`, …).
+    pub async fn order_with_headers(
+        &self,
+        customer: &str,
+        lines: Value,
+        headers: &[(&str, &str)],
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let mut request = self
                 .http
                 .post(format!("{}/v1/orders", self.base))
                 .json(&json!({"customer_id": customer, "lines": lines}));
-            if let Some(key) = key {
-                request = request.header("idempotency-key", key);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
             }
             let response = request.send().await.unwrap();
             let status = response.status().as_u16();
