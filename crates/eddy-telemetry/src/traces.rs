@@ -171,22 +171,9 @@ impl Traces {
         self.provider.tracer("eddy")
     }
 
-    /// Whether spans leave the process.
-    pub fn exporting(&self) -> bool {
-        self.exporting
-    }
-
-    /// Sends what is queued, waiting at most the export timeout. Blocking: call it
-    /// off the async workers (`spawn_blocking`) or at the very end.
-    pub fn flush(&self) {
-        if self.exporting {
-            if let Err(error) = self.provider.force_flush() {
-                tracing::warn!(%error, "cannot export the last spans");
-            }
-        }
-    }
-
-    /// Flushes and stops the exporter. Blocking, as [`Traces::flush`].
+    /// Sends what is queued (waiting at most the export timeout) and stops the
+    /// exporter. Blocking: call it off the async workers (`spawn_blocking`) or at the
+    /// very end.
     pub fn shutdown(&self) {
         if self.exporting {
             if let Err(error) = self.provider.shutdown() {

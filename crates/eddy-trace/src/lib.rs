@@ -6,7 +6,7 @@
 //! reads and writes that context and makes the spans of the OpenTelemetry messaging
 //! conventions around an event's life:
 //!
-//! - [`create_span`] — `create {topic}`, kind producer: one per event when it is written
+//! - [`create`] — `create {topic}`, kind producer: one per event when it is written
 //!   to the outbox; its context is what the event carries from then on, so every
 //!   consumer's span is its child;
 //! - [`send_span`] — `send {topic}`, kind client: one per batch the relay (or the dead
@@ -214,8 +214,8 @@ pub fn create(topic: &str, envelope: &Envelope) -> Option<SpanContext> {
     }
 }
 
-/// See [`create`].
-pub fn create_span(topic: &str, envelope: &Envelope) -> Span {
+/// The span [`create`] makes.
+fn create_span(topic: &str, envelope: &Envelope) -> Span {
     tracing::info_span!(
         "create",
         otel.name = %format_args!("create {topic}"),
