@@ -171,12 +171,26 @@ impl Consumer {
     /// message waiting for its next retry is not retried during the drain: it stays
     /// uncommitted (with the messages of its key behind it) and is delivered again.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        self.run_subscribed(shutdown, || {}).await
+    }
+
+    /// [`Consumer::run`], calling `subscribed` once the subscription is made — when the
+    /// consumer starts to work (a supervisor's [`crate::supervisor::Up::up`]): a
+    /// consumer whose subscribe fails or hangs never calls it.
+    pub async fn run_subscribed(
+        self,
+        shutdown: CancellationToken,
+        subscribed: impl FnOnce() + Send,
+    ) -> Result<(), Error> {
         self.config.validate()?;
-        let subscription: Arc<dyn Subscription> = self
-            .subscriber
-            .subscribe(&self.topic, &self.group)
-            .await?
-            .into();
+        // A stop ends a subscribe that hangs (a broker that never answers): shutdown
+        // never waits on the broker.
+        let subscription: Arc<dyn Subscription> = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            subscription = self.subscriber.subscribe(&self.topic, &self.group) => subscription?.into(),
+        };
+        subscribed();
         let (topic, group) = (self.topic.clone(), self.group.clone());
         let shared = Arc::new(Shared::new(self));
 

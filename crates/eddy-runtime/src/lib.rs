@@ -18,7 +18,8 @@
 //! - [`consumer`] — [`Consumer`]: the fetch loop, handler attempts, the commit loop and
 //!   the drain on shutdown.
 //! - [`supervisor`] — [`supervise`]: a worker that ends early is started again, and
-//!   [`Workers`] says which are down.
+//!   [`Workers`] says which are down ([`supervise_until_up`]: down until the worker says
+//!   it works, as a consumer once subscribed).
 //!
 //! How a message flows: the fetcher takes an in-flight permit per message (at most
 //! `in_flight_max`; when none is left it stops fetching — backpressure), records the
@@ -41,4 +42,4 @@ pub mod tracker;
 pub use config::{ConsumerConfig, RetryPolicy};
 pub use consumer::{Consumer, ConsumerStats};
 pub use router::{EnvelopeHandler, Router};
-pub use supervisor::{supervise, RestartPolicy, WorkerState, Workers};
+pub use supervisor::{supervise, supervise_until_up, RestartPolicy, Up, WorkerState, Workers};

@@ -82,6 +82,9 @@ impl Default for RestartPolicy {
 /// a jittered backoff. Returns when `stop` is cancelled and the current run has
 /// returned (the worker gets `stop` too and drains on its own terms); the last run's
 /// error, if it failed after `stop`.
+///
+/// Each run counts as up from its start. A worker that has to get somewhere first
+/// before it works (a consumer's subscription) uses [`supervise_until_up`] instead.
 pub async fn supervise<F, Fut>(
     name: String,
     workers: Workers,
@@ -93,11 +96,50 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), Error>> + Send + 'static,
 {
+    supervise_until_up(name, workers, policy, stop, move |up: Up| {
+        up.up();
+        start()
+    })
+    .await
+}
+
+/// Tells the supervisor that the run it was handed to is up: working, not only started.
+#[derive(Debug, Clone)]
+pub struct Up {
+    workers: Workers,
+    name: String,
+}
+
+impl Up {
+    /// Marks the run up (readiness counts it from now until it ends).
+    pub fn up(&self) {
+        self.workers.update(&self.name, |s| s.up = true);
+    }
+}
+
+/// [`supervise`] for a worker that is down from each start until it calls [`Up::up`]:
+/// a consumer whose subscription keeps failing (a broker that times out its requests)
+/// is then down the whole time, not up while each try runs.
+pub async fn supervise_until_up<F, Fut>(
+    name: String,
+    workers: Workers,
+    policy: RestartPolicy,
+    stop: CancellationToken,
+    mut start: F,
+) -> Result<(), Error>
+where
+    F: FnMut(Up) -> Fut,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
     let mut failures = 0u32;
+    let up = Up {
+        workers: workers.clone(),
+        name: name.clone(),
+    };
     loop {
-        workers.update(&name, |s| s.up = true);
+        workers.update(&name, |s| s.up = false);
         let started = tokio::time::Instant::now();
-        let ended = tokio::spawn(start()).await;
+        let ended = tokio::spawn(start(up.clone())).await;
         if stop.is_cancelled() {
             return match ended {
                 Ok(result) => result,

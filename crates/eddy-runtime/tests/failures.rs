@@ -340,3 +340,83 @@ async fn a_dead_subscription_ends_the_consumer_for_its_supervisor() {
         stats.fetch_failures() >= u64::from(eddy_runtime::consumer::PERMANENT_FETCH_FAILURES_MAX)
     );
 }
+
+/// A broker that never answers a subscribe (as JetStream when a request times out).
+struct SubscribeHangs;
+
+#[async_trait]
+impl Subscriber for SubscribeHangs {
+    async fn subscribe(&self, _: &str, _: &str) -> Result<Box<dyn Subscription>, Error> {
+        std::future::pending().await
+    }
+}
+
+/// A broker whose every subscribe fails at once.
+struct SubscribeFails;
+
+#[async_trait]
+impl Subscriber for SubscribeFails {
+    async fn subscribe(&self, _: &str, _: &str) -> Result<Box<dyn Subscription>, Error> {
+        Err(Error::transient("the broker refused the subscription"))
+    }
+}
+
+/// A supervised consumer is up once subscribed, not while it tries: one whose subscribe
+/// hangs or keeps failing reads as down the whole time (readiness stays 503), one that
+/// subscribes reads as up; a stop ends all three, the hanging subscribe included.
+#[tokio::test]
+async fn a_consumer_that_cannot_subscribe_is_down_the_whole_time_it_tries() {
+    let db = TestDb::sqlite().await;
+    let log = Log::open(db.db().clone(), log_config()).await.unwrap();
+    let workers = eddy_runtime::Workers::new();
+    let stop = CancellationToken::new();
+    let policy = eddy_runtime::RestartPolicy {
+        backoff: eddy_core::Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
+    };
+    let subscribers: [(&str, Arc<dyn Subscriber>); 3] = [
+        ("hangs", Arc::new(SubscribeHangs)),
+        ("fails", Arc::new(SubscribeFails)),
+        ("works", Arc::new(log.clone())),
+    ];
+    let mut supervisors = Vec::new();
+    for (name, subscriber) in subscribers {
+        let consumer = Consumer::new(
+            "orders",
+            name,
+            subscriber,
+            Arc::new(log.clone()),
+            Router::new().route::<Numbered, _>(Accept),
+        );
+        let stopping = stop.clone();
+        supervisors.push(tokio::spawn(eddy_runtime::supervise_until_up(
+            name.to_owned(),
+            workers.clone(),
+            policy,
+            stop.clone(),
+            move |up| {
+                consumer
+                    .clone()
+                    .run_subscribed(stopping.clone(), move || up.up())
+            },
+        )));
+    }
+    eventually("the working consumer up", || {
+        workers.snapshot().get("works").is_some_and(|s| s.up)
+    })
+    .await;
+    // Many restarts of the failing one later, neither of the others was ever up.
+    for _ in 0..50 {
+        assert_eq!(workers.down(), vec!["fails".to_owned(), "hangs".to_owned()]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(workers.snapshot()["fails"].restarts > 5);
+    stop.cancel();
+    // A stop ends a subscribe that hangs too: shutdown never waits on the broker.
+    for supervisor in supervisors {
+        tokio::time::timeout(Duration::from_secs(5), supervisor)
+            .await
+            .expect("the supervisor ends with the stop")
+            .unwrap()
+            .unwrap();
+    }
+}

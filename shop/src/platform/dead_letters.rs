@@ -40,7 +40,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{supervised, Broker, Worker};
+use super::{supervised_consumer, Broker, Worker};
 use crate::problem::problem;
 use crate::service::ServiceDb;
 
@@ -76,12 +76,11 @@ pub(crate) fn start_store(
         dead_letter_topic: Some(dlq.clone()),
         ..config.clone()
     });
-    let stopping = stop.clone();
-    supervised(
+    supervised_consumer(
         format!("{name} dead-letter store of {dlq}"),
+        consumer,
         health,
         stop,
-        move || consumer.clone().run(stopping.clone()),
     )
 }
 

@@ -27,7 +27,9 @@ use axum::http::StatusCode;
 
 use eddy_core::SystemClock;
 use eddy_outbox::{Relay, RelayConfig};
-use eddy_runtime::{supervise, Consumer, ConsumerConfig, RestartPolicy, RetryPolicy, Workers};
+use eddy_runtime::{
+    supervise, supervise_until_up, Consumer, ConsumerConfig, RestartPolicy, RetryPolicy, Workers,
+};
 use eddy_sql::{Db, DbConfig};
 use eddy_telemetry::Exporter;
 use tokio::task::JoinHandle;
@@ -296,13 +298,36 @@ fn start_consumer(
     )
     .with_config(config.clone());
     exporter.consumer(group, topic, consumer.stats());
-    let stopping = stop.clone();
-    supervised(
+    supervised_consumer(
         format!("{group} consumer of {topic}"),
+        consumer,
         health,
         stop,
-        move || consumer.clone().run(stopping.clone()),
     )
+}
+
+/// `consumer` run under [`supervise_until_up`]: started again whenever it ends before
+/// `stop`, and down in `health` (readiness, metrics) until it has subscribed — a
+/// consumer whose subscribe keeps failing or timing out never reads as up.
+pub(super) fn supervised_consumer(
+    name: String,
+    consumer: Consumer,
+    health: &Workers,
+    stop: &CancellationToken,
+) -> Worker {
+    let stopping = stop.clone();
+    let task = tokio::spawn(supervise_until_up(
+        name.clone(),
+        health.clone(),
+        RestartPolicy::default(),
+        stop.clone(),
+        move |up| {
+            consumer
+                .clone()
+                .run_subscribed(stopping.clone(), move || up.up())
+        },
+    ));
+    (name, task)
 }
 
 /// Runs `sweep` every `sweep.interval` until `stop`; a failed round is logged and the

@@ -75,6 +75,8 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut Config)) -> TestApp {
         _databases: Vec::new(),
         _streams: None,
     }
+    .ready()
+    .await
 }
 
 /// The platform with every service on its own PostgreSQL database, events on NATS
@@ -131,6 +133,8 @@ pub async fn spawn_app_on_postgres(tweak: impl FnOnce(&mut Config)) -> TestApp {
         _databases: databases,
         _streams: None,
     }
+    .ready()
+    .await
 }
 
 impl TestApp {
@@ -168,7 +172,24 @@ impl TestApp {
             .expect("the platform starts again");
         self.base = format!("http://{}", platform.api_addr);
         self.platform = Some(platform);
-        self
+        self.ready().await
+    }
+
+    /// Waits until `/health/ready` answers 200 — every consumer subscribed — as a load
+    /// balancer would before sending traffic (at most 60 s).
+    pub async fn ready(self) -> TestApp {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (status, body) = self.get_json("/health/ready").await;
+            if status == 200 {
+                return self;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the platform never became ready: {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn stop(mut self) {
