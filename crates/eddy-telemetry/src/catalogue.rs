@@ -86,7 +86,7 @@ pub const METRICS: &[MetricDoc] = &[
     doc("consumer_partition_lag_seconds", Kind::Gauge, &["group", "topic", "partition"],
         "Age of the partition's oldest record the group has not consumed; 0 when caught up."),
     doc("worker_up", Kind::Gauge, &["worker"],
-        "1 while a supervised worker (a relay, a consumer, a sweep) runs, 0 between its failure and its restart."),
+        "1 while a supervised worker (a relay, a consumer, a sweep) runs — a consumer from the moment its subscription is made, so one whose subscribe keeps failing or hangs stays 0 — and 0 between its failure and its restart."),
     doc("worker_restarts_total", Kind::Counter, &["worker"],
         "Times a supervised worker failed and was restarted."),
     doc("log_records_dropped_unconsumed_total", Kind::Counter, &[],

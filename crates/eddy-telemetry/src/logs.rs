@@ -28,6 +28,16 @@ pub fn init_logs(level: &str, json: bool) {
 /// [`noise_filter`]). JSON lines carry, besides the event's own fields, the
 /// `trace_id`, `correlation_id` and `event_id` of the spans they were written in.
 pub fn init(level: &str, json: bool, traces: Option<&crate::Traces>) {
+    // An error means a subscriber is installed already.
+    let _ = subscriber(level, json, traces).try_init();
+}
+
+/// The subscriber [`init`] installs.
+fn subscriber(
+    level: &str,
+    json: bool,
+    traces: Option<&crate::Traces>,
+) -> Box<dyn tracing::Subscriber + Send + Sync> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("sqlx::postgres::notice=warn,{level}"))
     });
@@ -62,11 +72,14 @@ pub fn init(level: &str, json: bool, traces: Option<&crate::Traces>) {
                 meta.is_span() && meta.target().starts_with("eddy_")
             }))
     });
-    // An error means a subscriber is installed already.
-    let _ = tracing_subscriber::registry()
-        .with(lines)
-        .with(spans)
-        .try_init();
+    let registry = tracing_subscriber::registry().with(lines);
+    // Not `.with(spans)` with `spans` None: an absent layer counts as one that wants
+    // every span, and the registry then records every span the log filters refuse
+    // (a server span per request, a process span per delivery — measured 1–2 µs each).
+    match spans {
+        Some(spans) => Box::new(registry.with(spans)),
+        None => Box::new(registry),
+    }
 }
 
 /// The span fields a JSON line carries, innermost span first to decide.
@@ -176,6 +189,18 @@ mod tests {
     impl<S: tracing::Subscriber> Layer<S> for Count {
         fn on_event(&self, _: &tracing::Event<'_>, _: Context<'_, S>) {
             self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Without traces, text logs record no span of eddy-trace's: the platform pays
+    /// nothing per request or delivery for spans nobody reads.
+    #[test]
+    fn without_traces_text_logs_create_no_messaging_or_server_span() {
+        for level in ["warn", "info", "debug"] {
+            tracing::subscriber::with_default(super::subscriber(level, false, None), || {
+                let span = eddy_trace::server_span("GET", "/v1/orders/{id}", None);
+                assert!(span.is_disabled(), "a server span exists at {level}");
+            });
         }
     }
 
