@@ -167,10 +167,25 @@ impl Service<Url> for Get {
 
 type Downstream = tower::util::BoxCloneSyncService<Url, Value, BoxError>;
 
+/// The handlers' state, behind one `Arc`: axum clones the state for every request,
+/// whatever the route (S1's handler takes none), so a state that is not one pointer
+/// charges every request the clone of each field — for Eddy the whole downstream stack
+/// (bulkhead, retry, breaker, deadline), allocated and dropped per request. axum's
+/// own advice; the same for every variant.
 #[derive(Clone)]
-struct AppState {
+struct AppState(Arc<Shared>);
+
+struct Shared {
     downstream: Downstream,
     stub: Arc<str>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 async fn s1(Path(id): Path<String>) -> Json<Value> {
@@ -237,10 +252,10 @@ fn app(kind: &str, stub_url: &str) -> anyhow::Result<Router> {
     } else {
         tower::util::BoxCloneSyncService::new(Get(client))
     };
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         downstream,
         stub: Arc::from(stub_url.trim_end_matches('/')),
-    };
+    }));
     let router = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/orders/{id}", get(s1))
