@@ -257,18 +257,28 @@ impl Authenticator {
     }
 
     /// The layer: finds the caller, or answers 401/429 for a token that fails.
-    pub async fn layer(self, mut request: Request, next: Next) -> Response {
+    pub async fn layer(self, request: Request, next: Next) -> Response {
+        match self.admit(request) {
+            Ok((request, watch)) => {
+                let response = next.run(request).await;
+                watch.count(&response);
+                response
+            }
+            Err(refused) => *refused,
+        }
+    }
+
+    /// Finds the caller and puts it in the request's extensions, or answers 401/429 for
+    /// a token that fails. The request goes on with what to count of its answer
+    /// ([`Watch::count`]).
+    pub fn admit(&self, mut request: Request) -> Result<(Request, Watch), Box<Response>> {
         let Some(verifier) = &self.inner else {
             request.extensions_mut().insert(Caller::Open);
-            return next.run(request).await;
+            return Ok((request, Watch::Nothing));
         };
         let Some(value) = request.headers().get(header::AUTHORIZATION) else {
             request.extensions_mut().insert(Caller::Anonymous);
-            let response = next.run(request).await;
-            if response.status() == StatusCode::UNAUTHORIZED {
-                count("missing");
-            }
-            return response;
+            return Ok((request, Watch::Missing));
         };
         let client = request
             .extensions()
@@ -289,26 +299,43 @@ impl Authenticator {
                 header::RETRY_AFTER,
                 HeaderValue::from(FAILURE_WINDOW.as_secs()),
             );
-            return response;
+            return Err(Box::new(response));
         }
         match verifier.verify(value) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
-                let response = next.run(request).await;
-                if response.status() == StatusCode::FORBIDDEN {
-                    count("forbidden");
-                }
-                response
+                Ok((request, Watch::Forbidden))
             }
             Err(failure) => {
                 verifier.failures.failed(client);
                 count(failure.label());
-                unauthenticated(match failure {
+                Err(Box::new(unauthenticated(match failure {
                     Failure::Expired => "the token has expired",
                     Failure::Malformed => "the Authorization header must be `Bearer <token>`",
                     _ => "the token is not valid here (signature, issuer, audience or claims)",
-                })
+                })))
             }
+        }
+    }
+}
+
+/// What an admitted request's answer is counted for in `auth_failures_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum Watch {
+    /// Authentication is off.
+    Nothing,
+    /// No token: a 401 (a route that needs one) counts as `missing`.
+    Missing,
+    /// A valid token: a 403 (a role that may not) counts as `forbidden`.
+    Forbidden,
+}
+
+impl Watch {
+    pub fn count(self, response: &Response) {
+        match (self, response.status()) {
+            (Self::Missing, StatusCode::UNAUTHORIZED) => count("missing"),
+            (Self::Forbidden, StatusCode::FORBIDDEN) => count("forbidden"),
+            _ => {}
         }
     }
 }

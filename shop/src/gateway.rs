@@ -66,7 +66,7 @@ async fn record(request: Request, next: axum::middleware::Next) -> Response {
     let route = route_label(request.uri().path());
     let method = request.method().clone();
     let started = std::time::Instant::now();
-    let response = crate::platform::http::traced(route, request, next).await;
+    let response = crate::platform::http::traced(route, request, |r| next.run(r)).await;
     eddy_telemetry::record_http(route, &method, response.status(), started.elapsed());
     response
 }
@@ -114,11 +114,15 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
             authenticator.clone().layer(request, next)
         }))
         // The same edge as the services': slow and oversized bodies, problems only.
-        .layer(axum::middleware::from_fn(move |request, next| {
-            crate::platform::http::read_body(body, request, next)
-        }))
         .layer(axum::middleware::from_fn(
-            crate::platform::http::ensure_problem,
+            move |request, next: axum::middleware::Next| {
+                crate::platform::http::read_body(body, request, |r| next.run(r))
+            },
+        ))
+        .layer(axum::middleware::from_fn(
+            |request, next: axum::middleware::Next| {
+                crate::platform::http::ensure_problem(request, |r| next.run(r))
+            },
         ))
         .layer(axum::middleware::from_fn(record))
         .with_state(gateway))

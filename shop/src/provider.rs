@@ -81,7 +81,7 @@ impl Provider {
                         .get::<axum::extract::MatchedPath>()
                         .map(|p| p.as_str().to_owned())
                         .unwrap_or_default();
-                    crate::platform::http::traced(&route, request, next).await
+                    crate::platform::http::traced(&route, request, |r| next.run(r)).await
                 },
             ))
             .with_state(self)

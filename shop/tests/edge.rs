@@ -346,3 +346,97 @@ async fn errors_outside_the_json_body_are_problems_a_user_can_act_on() {
     );
     app.stop().await;
 }
+
+/// The platform's stack around a router of the test's own: a route that holds its
+/// request until released and one that outlives any budget.
+async fn stack_serving(
+    config: shop::config::Config,
+) -> (String, std::sync::Arc<tokio::sync::Semaphore>) {
+    use axum::routing::get;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let held = gate.clone();
+    let router = axum::Router::new()
+        .route(
+            "/held",
+            get(move || {
+                let held = held.clone();
+                async move {
+                    held.acquire().await.unwrap().forget();
+                    "released"
+                }
+            }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        );
+    let app = shop::platform::platform_layers(router, &config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, gate)
+}
+
+/// Beyond its limit and an equal queue the stack sheds at once (503 `overloaded` with
+/// Retry-After, a problem); work past the server's budget is cut (503 `timeout`), work
+/// past the caller's sooner deadline too (504 `deadline-exceeded`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stack_sheds_beyond_its_limit_and_cuts_work_at_its_deadline() {
+    let mut config = shop::config::Config::default();
+    config.server.concurrency_limit = 1;
+    config.server.request_timeout_ms = 300;
+    let (base, gate) = stack_serving(config).await;
+    let http = reqwest::Client::new();
+    // One runs, one waits in the queue, the third is shed.
+    let running = tokio::spawn(http.get(format!("{base}/held")).send());
+    let queued = tokio::spawn(http.get(format!("{base}/held")).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let shed = http.get(format!("{base}/held")).send().await.unwrap();
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    assert_eq!(shed.headers()["content-type"], "application/problem+json");
+    let problem: Value = shed.json().await.unwrap();
+    assert!(
+        problem["type"].as_str().unwrap().ends_with("overloaded"),
+        "{problem}"
+    );
+    gate.add_permits(2);
+    for answer in [running, queued] {
+        let answer = answer.await.unwrap().unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.text().await.unwrap(), "released");
+    }
+    // Our budget (300 ms) cuts the slow route.
+    let started = Instant::now();
+    let cut = http.get(format!("{base}/slow")).send().await.unwrap();
+    assert_eq!(cut.status(), 503);
+    let problem: Value = cut.json().await.unwrap();
+    assert!(
+        problem["type"].as_str().unwrap().ends_with("timeout"),
+        "{problem}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A caller's deadline sooner than the budget cuts it as the caller's: 504.
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(100);
+    let header = soon
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let cut = http
+        .get(format!("{base}/slow"))
+        .header("eddy-deadline", header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cut.status(), 504);
+    let problem: Value = cut.json().await.unwrap();
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("deadline-exceeded"),
+        "{problem}"
+    );
+}

@@ -32,6 +32,6 @@ pub mod retry;
 pub use breaker::{
     BreakerState, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen,
 };
-pub use bulkhead::{BulkheadLayer, Overloaded};
+pub use bulkhead::{Bulkhead, BulkheadLayer, Overloaded};
 pub use deadline::{Deadline, DeadlineExceeded, DeadlineLayer};
 pub use retry::{DoNotRetry, RetryConfig, RetryLayer, RetrySafe};

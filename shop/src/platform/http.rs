@@ -2,18 +2,20 @@
 //! limits), deadline propagation and load shedding (bulkhead), with their errors as
 //! problem responses.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tracing::Instrument;
 
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
-use eddy_resilience::{BulkheadLayer, Deadline, Overloaded};
+use eddy_resilience::{Bulkhead, BulkheadLayer, Deadline, Overloaded};
 use futures::StreamExt;
-use tower::ServiceBuilder;
+use tower::{Layer, Service, ServiceExt};
 
 use crate::config::Config;
 use crate::problem::problem;
@@ -69,37 +71,136 @@ fn stack(
 ) -> Router {
     // The metrics are part of the stack (and of what S1 measures): make sure they record.
     eddy_telemetry::prometheus();
-    let body = BodyLimits::of(config);
-    let budget = config.request_timeout();
-    let mut api = api
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|error: tower::BoxError| async move {
-                    layer_error(&error)
-                }))
-                // Load shedding: beyond the limit and an equal queue, answer 503 at once.
-                .layer(BulkheadLayer::new(
-                    bulkhead,
-                    config.server.concurrency_limit,
-                    config.server.concurrency_limit,
-                )),
-        )
-        .layer(middleware::from_fn(move |request: Request, next: Next| {
-            propagate_deadline(budget, request, next)
-        }));
-    if let Some(authenticator) = authenticator {
-        api = api.layer(middleware::from_fn(move |request: Request, next: Next| {
-            authenticator.clone().layer(request, next)
-        }));
-    }
-    api.layer(middleware::from_fn(move |request: Request, next: Next| {
-        read_body(body, request, next)
-    }))
-    .layer(middleware::from_fn(ensure_problem))
-    .layer(middleware::from_fn(record_http))
-    .layer(axum::extract::DefaultBodyLimit::max(
+    let edge = Edge(Arc::new(EdgeShared {
+        body: BodyLimits::of(config),
+        budget: config.request_timeout(),
+        authenticator,
+        // Load shedding: beyond the limit and an equal queue, answer 503 at once.
+        bulkhead: BulkheadLayer::new(
+            bulkhead,
+            config.server.concurrency_limit,
+            config.server.concurrency_limit,
+        ),
+    }));
+    api.layer(edge).layer(axum::extract::DefaultBodyLimit::max(
         config.server.body_limit_bytes,
     ))
+}
+
+/// The platform's edge as one layer: the steps of [`platform_layers`] run in one future
+/// per request. (As five `from_fn` layers and an error handler, each step cloned the
+/// inner service and boxed a future of its own: half of the stack's cost in S1.)
+#[derive(Clone)]
+struct Edge(Arc<EdgeShared>);
+
+struct EdgeShared {
+    body: BodyLimits,
+    budget: Duration,
+    authenticator: Option<crate::auth::Authenticator>,
+    bulkhead: BulkheadLayer,
+}
+
+impl<S> Layer<S> for Edge {
+    type Service = EdgeService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        EdgeService {
+            inner: self.0.bulkhead.layer(inner),
+            shared: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct EdgeService<S> {
+    inner: Bulkhead<S>,
+    shared: Arc<EdgeShared>,
+}
+
+impl<S> Service<Request> for EdgeService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Readiness is the bulkhead's decision, made per request (it sheds, never waits
+        // here).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let inner = self.inner.clone();
+        let shared = self.shared.clone();
+        Box::pin(async move { Ok(shared.serve(request, inner).await) })
+    }
+}
+
+impl EdgeShared {
+    /// Outermost first: metrics, problems for every error, the server span, the body
+    /// read, authentication, the deadline, load shedding, the route. One flat future:
+    /// the steps before the route are checks that answer at once or let the request
+    /// through, and the rare slow paths (a body to read, an error to rewrite) are boxed
+    /// apart, so the future every request allocates and moves stays small.
+    async fn serve<S>(&self, request: Request, inner: Bulkhead<S>) -> Response
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let method = request.method().clone();
+        let started = std::time::Instant::now();
+        let response = traced(route, request, |request| self.respond(request, inner)).await;
+        let response = if is_plain_error(&response) {
+            Box::pin(as_problem(response)).await
+        } else {
+            response
+        };
+        eddy_telemetry::record_http(route, &method, response.status(), started.elapsed());
+        response
+    }
+
+    async fn respond<S>(&self, request: Request, inner: Bulkhead<S>) -> Response
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let request = if has_no_body(&request) {
+            request
+        } else {
+            match Box::pin(read_whole(self.body, request)).await {
+                Ok(request) => request,
+                Err(refused) => return refused,
+            }
+        };
+        let (request, watch) = match &self.authenticator {
+            Some(authenticator) => match authenticator.admit(request) {
+                Ok(admitted) => admitted,
+                Err(refused) => return *refused,
+            },
+            None => (request, crate::auth::Watch::Nothing),
+        };
+        let (deadline, callers) = match deadline_of(self.budget, &request) {
+            Ok(deadline) => deadline,
+            Err(refused) => return *refused,
+        };
+        let response = match tokio::time::timeout(
+            deadline.remaining(),
+            deadline.scope(inner.oneshot(request)),
+        )
+        .await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => layer_error(&error),
+            Err(_) => out_of_time(callers, self.budget),
+        };
+        watch.count(&response);
+        response
+    }
 }
 
 /// The problem for a request the bulkhead shed or the timeout cut.
@@ -129,10 +230,27 @@ fn layer_error(error: &tower::BoxError) -> Response {
 /// slow to send it gets 408; a body over the limit is read and thrown away up to
 /// `drain_max` (a client that sends everything before it reads would otherwise see its
 /// connection reset instead of the answer), then gets 413. Both close the connection.
-pub(crate) async fn read_body(limits: BodyLimits, request: Request, next: Next) -> Response {
+pub(crate) async fn read_body<N, F>(limits: BodyLimits, request: Request, next: N) -> Response
+where
+    N: FnOnce(Request) -> F,
+    F: Future<Output = Response>,
+{
+    match read_whole(limits, request).await {
+        Ok(request) => next(request).await,
+        Err(refused) => refused,
+    }
+}
+
+/// Whether the request says it has no body (nothing to read).
+fn has_no_body(request: &Request) -> bool {
     use axum::body::HttpBody;
-    if request.body().size_hint().exact() == Some(0) {
-        return next.run(request).await;
+    request.body().size_hint().exact() == Some(0)
+}
+
+/// The request with its whole body read (see [`read_body`]), or the answer refusing it.
+async fn read_whole(limits: BodyLimits, request: Request) -> Result<Request, Response> {
+    if has_no_body(&request) {
+        return Ok(request);
     }
     let declared = request
         .headers()
@@ -147,15 +265,15 @@ pub(crate) async fn read_body(limits: BodyLimits, request: Request, next: Next) 
         if declared <= limits.drain_max {
             drain(body, limits.drain_max, deadline).await;
         }
-        return closing(too_large(Some(declared), limit));
+        return Err(closing(too_large(Some(declared), limit)));
     }
     let mut stream = body.into_data_stream();
     let mut received = Vec::with_capacity(declared.map_or(0, |d| d as usize));
     loop {
         let frame = match tokio::time::timeout_at(deadline, stream.next()).await {
-            Err(_) => return closing(too_slow(limits.read_timeout)),
+            Err(_) => return Err(closing(too_slow(limits.read_timeout))),
             Ok(None) => break,
-            Ok(Some(Err(_))) => return closing(unreadable()),
+            Ok(Some(Err(_))) => return Err(closing(unreadable())),
             Ok(Some(Ok(frame))) => frame,
         };
         if (received.len() + frame.len()) as u64 > limit {
@@ -166,12 +284,11 @@ pub(crate) async fn read_body(limits: BodyLimits, request: Request, next: Next) 
                 deadline,
             )
             .await;
-            return closing(too_large(None, limit));
+            return Err(closing(too_large(None, limit)));
         }
         received.extend_from_slice(&frame);
     }
-    next.run(Request::from_parts(parts, axum::body::Body::from(received)))
-        .await
+    Ok(Request::from_parts(parts, axum::body::Body::from(received)))
 }
 
 /// Reads and discards `body` until its end, `max` bytes or `deadline`.
@@ -233,11 +350,11 @@ fn operational(route: Option<&MatchedPath>) -> bool {
     route.is_some_and(|r| r.as_str().starts_with("/health/") || r.as_str() == "/metrics")
 }
 
-/// Runs the request under its deadline: the caller's `eddy-deadline` header or our own
-/// request budget, whichever is sooner. Work whose deadline already passed is refused
-/// (504, `deadline-exceeded`); work still running at the deadline is cut: 504 when it
-/// was the caller's deadline, 503 `timeout` when it was our own budget.
-async fn propagate_deadline(budget: Duration, request: Request, next: Next) -> Response {
+/// The request's deadline — the caller's `eddy-deadline` header or our own request
+/// budget, whichever is sooner — and whether it is the caller's; or the answer (504,
+/// `deadline-exceeded`) when it passed before the request arrived. Work still running
+/// at the deadline is cut: [`out_of_time`].
+fn deadline_of(budget: Duration, request: &Request) -> Result<(Deadline, bool), Box<Response>> {
     let own = Deadline::after(budget);
     let theirs = if operational(request.extensions().get::<MatchedPath>()) {
         None
@@ -249,19 +366,26 @@ async fn propagate_deadline(budget: Duration, request: Request, next: Next) -> R
             .and_then(Deadline::from_header)
     };
     let deadline = theirs.map_or(own, |theirs| theirs.min(own));
-    let callers = theirs.is_some_and(|theirs| theirs < own);
     if deadline.is_expired() {
-        return deadline_exceeded("The request's deadline had passed when it arrived");
+        return Err(Box::new(deadline_exceeded(
+            "The request's deadline had passed when it arrived",
+        )));
     }
-    match tokio::time::timeout(deadline.remaining(), deadline.scope(next.run(request))).await {
-        Ok(response) => response,
-        Err(_) if callers => deadline_exceeded("The request's deadline passed while it ran"),
-        Err(_) => problem(
+    Ok((deadline, theirs.is_some_and(|theirs| theirs < own)))
+}
+
+/// The answer for work cut at its deadline: 504 when it was the caller's, 503
+/// `timeout` when it was our own budget.
+fn out_of_time(callers: bool, budget: Duration) -> Response {
+    if callers {
+        deadline_exceeded("The request's deadline passed while it ran")
+    } else {
+        problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
             "The request ran out of time",
             Some(format!("the server's budget is {} ms", budget.as_millis())),
-        ),
+        )
     }
 }
 
@@ -280,17 +404,30 @@ const PLAIN_ERROR_LEN_MAX: usize = 4096;
 /// Every error the application answers is a problem: one that some layer or extractor
 /// wrote as plain text (or with no body) is rewritten as `application/problem+json`,
 /// its text (in a client's terms) as the detail.
-pub(crate) async fn ensure_problem(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+pub(crate) async fn ensure_problem<N, F>(request: Request, next: N) -> Response
+where
+    N: FnOnce(Request) -> F,
+    F: Future<Output = Response>,
+{
+    as_problem(next(request).await).await
+}
+
+/// An error answer that is not a problem yet.
+fn is_plain_error(response: &Response) -> bool {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error())
-        || response
+    (status.is_client_error() || status.is_server_error())
+        && response
             .headers()
             .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes() == b"application/problem+json")
-    {
+            .is_none_or(|v| v.as_bytes() != b"application/problem+json")
+}
+
+/// `response` as [`ensure_problem`] answers it.
+async fn as_problem(response: Response) -> Response {
+    if !is_plain_error(&response) {
         return response;
     }
+    let status = response.status();
     let (parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, PLAIN_ERROR_LEN_MAX)
         .await
@@ -308,21 +445,13 @@ pub(crate) async fn ensure_problem(request: Request, next: Next) -> Response {
     rewritten
 }
 
-/// Counts the request under its route template (`unmatched` for none: never the raw
-/// path, which would make a label per URL).
-async fn record_http(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let method = request.method().clone();
-    let started = std::time::Instant::now();
-    let response = traced(route, request, next).await;
-    eddy_telemetry::record_http(route, &method, response.status(), started.elapsed());
-    response
-}
-
 /// Runs `request` in its server span (`{method} {route}`, the child of the caller's
 /// `traceparent`), the answer's status recorded on it.
-pub(crate) async fn traced(route: &str, request: Request, next: Next) -> Response {
+pub(crate) async fn traced<N, F>(route: &str, request: Request, next: N) -> Response
+where
+    N: FnOnce(Request) -> F,
+    F: Future<Output = Response>,
+{
     let (span, caller) = {
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
         let caller = header("traceparent")
@@ -330,7 +459,7 @@ pub(crate) async fn traced(route: &str, request: Request, next: Next) -> Respons
         let span = eddy_trace::server_span(request.method().as_str(), route, caller.as_ref());
         (span, caller)
     };
-    let response = eddy_trace::carrying(caller, next.run(request))
+    let response = eddy_trace::carrying(caller, next(request))
         .instrument(span.clone())
         .await;
     let status = response.status();
