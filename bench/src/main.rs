@@ -14,6 +14,9 @@
 //!   against pgbench running the same statements at the same concurrency.
 //! - `cache` is S6: the two-level cache in front of a 15 ms store with Redis shared,
 //!   against Σ(share × tier latency), a 3,000-way herd, and L1 gets against raw moka.
+//! - `platform` is S8: the whole platform in its own process under 80 % reads / 20 %
+//!   placements, closed loop then open loop at half the rate, on embedded defaults and
+//!   on PostgreSQL + NATS, with every order's effects checked afterwards.
 //! - `serve` is internal: the server processes the suite starts.
 //!
 //! `all` runs every one of them in turn and writes each report (markdown, JSON, SVG) into
@@ -38,6 +41,7 @@ mod eventstore;
 mod loadgen;
 mod orders;
 mod peers;
+mod platform;
 mod servers;
 mod suite;
 mod toolkit;
@@ -56,7 +60,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Every scenario that exists (S1–S7 and the event store): suite, orders, brokers, toolkit, cache, eventstore, one after
+    /// Every scenario that exists (S1–S8 and the event store): suite, orders, brokers, toolkit, cache, eventstore, platform, one after
     /// another; reports into `--out`.
     All(AllArgs),
     /// HTTP scenarios S1–S3 against limits and peers.
@@ -72,6 +76,9 @@ enum Command {
     /// The event store on PostgreSQL: appends vs raw inserts, loads with and without
     /// snapshots, a projection rebuild vs a raw scan, and Python's eventsourcing.
     Eventstore(eventstore::Args),
+    /// S8: the whole platform under 80 % reads / 20 % placements, on embedded defaults
+    /// and on PostgreSQL + NATS, every saga's effects checked afterwards.
+    Platform(platform::Args),
     /// (internal) Run one benchmark server.
     Serve(servers::ServeArgs),
 }
@@ -170,6 +177,18 @@ async fn eventstore(args: eventstore::Args, markdown_to: Option<&Path>) -> anyho
     .write()
 }
 
+async fn platform(args: platform::Args, markdown_to: Option<&Path>) -> anyhow::Result<()> {
+    let results = platform::run(&args).await?;
+    Report {
+        results: &results,
+        json: args.json.as_deref(),
+        markdown_to,
+        markdown: platform::markdown(&results),
+        svg: platform::chart(&results),
+    }
+    .write()
+}
+
 async fn toolkit(args: toolkit::Args, markdown_to: Option<&Path>) -> anyhow::Result<()> {
     let results = toolkit::run_all(&args).await?;
     Report {
@@ -229,6 +248,12 @@ async fn all(args: AllArgs) -> anyhow::Result<()> {
         a.extend(["--appends", "1000", "--events", "2000", "--loads", "3"]);
     }
     eventstore(parse(&a)?, Some(&args.out.join("eventstore.md"))).await?;
+    let platform_json = out("platform.json");
+    let mut a = vec!["--json", platform_json.as_str()];
+    if q {
+        a.extend(["--seconds", "5"]);
+    }
+    platform(parse(&a)?, Some(&args.out.join("platform.md"))).await?;
     eprintln!("all reports are in {}", args.out.display());
     Ok(())
 }
@@ -246,5 +271,6 @@ fn main() -> anyhow::Result<()> {
         Command::Cache(args) => runtime()?.block_on(cache(args, None)),
         Command::Eventstore(args) => runtime()?.block_on(eventstore(args, None)),
         Command::Toolkit(args) => runtime()?.block_on(toolkit(args, None)),
+        Command::Platform(args) => runtime()?.block_on(platform(args, None)),
     }
 }

@@ -96,7 +96,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// User + system CPU seconds process `pid` used so far.
-fn cpu_seconds_of(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds_of(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();

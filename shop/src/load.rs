@@ -168,6 +168,10 @@ pub struct Report {
     pub confirmed: usize,
     pub cancelled: usize,
     pub pending: usize,
+    /// The ids of the orders placed (for a caller that checks their effects).
+    pub placed: Vec<String>,
+    /// The ids of the products the run created, each with `stock` units.
+    pub products: Vec<String>,
 }
 
 impl std::fmt::Display for Report {
@@ -227,12 +231,13 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         .with_context(|| format!("the platform at {base} is not ready"))?;
     let products = create_products(&http, &base, &run_id, &args).await?;
     let probe = first_order(&http, &base, &run_id, &products).await?;
+    let products = Arc::new(products);
     let mix = Mix {
         http: http.clone(),
         base: base.clone(),
         run_id,
         read_ratio: args.read_ratio,
-        products: Arc::new(products),
+        products: products.clone(),
         orders: Arc::new(Mutex::new(vec![probe])),
         tokens,
     };
@@ -251,6 +256,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         confirmed,
         cancelled,
         pending,
+        placed,
+        products: products.to_vec(),
     })
 }
 
