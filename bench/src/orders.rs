@@ -16,7 +16,6 @@ use anyhow::{bail, Context};
 use eddy_core::{Subscriber, Subscription};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::loadgen::{closed_loop, Request};
@@ -222,34 +221,22 @@ async fn start_orders_service(
     url: &str,
     nats: &eddy_nats::NatsConfig,
 ) -> anyhow::Result<(tokio::process::Child, String)> {
-    let mut command = Command::new(std::env::current_exe()?);
-    command
-        .args(["serve", "--kind", "shop"])
-        .env("EDDY_SERVICES", "[orders]")
-        .env("EDDY_DATABASES__ORDERS", url)
-        .env("EDDY_BROKER__KIND", "nats")
-        .env("EDDY_BROKER__NATS_URL", &nats.url)
-        .env("EDDY_BROKER__NATS_STREAM_PREFIX", &nats.stream_prefix)
-        .env("EDDY_BROKER__NATS_SUBJECT_PREFIX", &nats.subject_prefix)
-        .env("EDDY_SERVER__LISTEN", "127.0.0.1:0")
-        .env("EDDY_LOG_LEVEL", "warn")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command.spawn()?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let port = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(port) = line.strip_prefix("listening on ") {
-                return Ok(port.trim().to_owned());
-            }
-        }
-        bail!("the orders service exited before it listened")
-    })
-    .await
-    .context("the orders service did not listen within a minute")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, format!("http://127.0.0.1:{port}")))
+    let env = [
+        ("EDDY_SERVICES", "[orders]"),
+        ("EDDY_DATABASES__ORDERS", url),
+        ("EDDY_BROKER__KIND", "nats"),
+        ("EDDY_BROKER__NATS_URL", nats.url.as_str()),
+        (
+            "EDDY_BROKER__NATS_STREAM_PREFIX",
+            nats.stream_prefix.as_str(),
+        ),
+        (
+            "EDDY_BROKER__NATS_SUBJECT_PREFIX",
+            nats.subject_prefix.as_str(),
+        ),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    crate::servers::spawn_shop(&env, Duration::from_secs(60)).await
 }
 
 async fn eddy_round(

@@ -21,8 +21,6 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -252,29 +250,7 @@ async fn run_variant(
 async fn start_platform(
     env: &[(String, String)],
 ) -> anyhow::Result<(tokio::process::Child, String)> {
-    let mut command = Command::new(std::env::current_exe()?);
-    command
-        .args(["serve", "--kind", "shop"])
-        .env("EDDY_SERVER__LISTEN", "127.0.0.1:0")
-        .env("EDDY_LOG_LEVEL", "warn")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command.spawn()?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let port = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(port) = line.strip_prefix("listening on ") {
-                return Ok(port.trim().to_owned());
-            }
-        }
-        bail!("the platform exited before it listened")
-    })
-    .await
-    .context("the platform did not listen within two minutes")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let base = format!("http://127.0.0.1:{port}");
+    let (child, base) = crate::servers::spawn_shop(env, Duration::from_secs(120)).await?;
     // Traffic only once every consumer has subscribed, as a load balancer would.
     let http = reqwest::Client::new();
     let ready_by = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -308,3 +308,37 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// Starts the platform (`serve --kind shop`) in a process of its own, configured by
+/// `env` (`EDDY_*` variables) over the defaults, on a free port with warnings logged;
+/// returns it and its base url once it listens (within `within`).
+pub async fn spawn_shop(
+    env: &[(String, String)],
+    within: Duration,
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    use anyhow::Context;
+    use tokio::io::AsyncBufReadExt;
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command
+        .args(["serve", "--kind", "shop"])
+        .env("EDDY_SERVER__LISTEN", "127.0.0.1:0")
+        .env("EDDY_LOG_LEVEL", "warn")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn()?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let port = tokio::time::timeout(within, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(port) = line.strip_prefix("listening on ") {
+                return Ok(port.trim().to_owned());
+            }
+        }
+        anyhow::bail!("the platform exited before it listened")
+    })
+    .await
+    .with_context(|| format!("the platform did not listen within {within:?}"))??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, format!("http://127.0.0.1:{port}")))
+}
