@@ -5,7 +5,8 @@
 # Needs valgrind and wrk (Debian packages) and a release build of eddy-bench.
 #   bench/scripts/http-instructions.sh raw eddy
 set -euo pipefail
-bin="${EDDY_BENCH:-target/release/eddy-bench}"
+# (Not EDDY_*: the servers read EDDY_* variables as their configuration.)
+bin="${BENCH_BIN:-target/release/eddy-bench}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 for kind in "$@"; do
@@ -18,7 +19,7 @@ for kind in "$@"; do
   callgrind_control -i on "$server" >/dev/null
   requests=$(wrk -t1 -c32 -d15s "http://127.0.0.1:$port/orders/1" | awk '/requests in/{print $1}')
   callgrind_control -i off "$server" >/dev/null
-  callgrind_control -d "$server" >/dev/null
+  callgrind_control -d "$server" >/dev/null 2>&1
   sleep 1
   kill "$server"; wait "$server" 2>/dev/null || true
   instructions=$(grep -h '^totals:' "$out/$kind.cg".* | awk '{s+=$2} END {print s}')

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use eddy_resilience::{Bulkhead, BulkheadLayer, Deadline, Overloaded};
@@ -361,7 +361,7 @@ fn deadline_of(budget: Duration, request: &Request) -> Result<(Deadline, bool), 
     } else {
         request
             .headers()
-            .get(eddy_resilience::deadline::HEADER)
+            .get(&DEADLINE)
             .and_then(|v| v.to_str().ok())
             .and_then(Deadline::from_header)
     };
@@ -445,6 +445,12 @@ async fn as_problem(response: Response) -> Response {
     rewritten
 }
 
+/// Header names looked up on every request, made once: a look-up by `&str` parses the
+/// name each time.
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+static DEADLINE: HeaderName = HeaderName::from_static(eddy_resilience::deadline::HEADER);
+
 /// Runs `request` in its server span (`{method} {route}`, the child of the caller's
 /// `traceparent`), the answer's status recorded on it.
 pub(crate) async fn traced<N, F>(route: &str, request: Request, next: N) -> Response
@@ -453,9 +459,9 @@ where
     F: Future<Output = Response>,
 {
     let (span, caller) = {
-        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
-        let caller = header("traceparent")
-            .and_then(|parent| eddy_trace::parse_traceparent(parent, header("tracestate")));
+        let header = |name: &HeaderName| request.headers().get(name).and_then(|v| v.to_str().ok());
+        let caller = header(&TRACEPARENT)
+            .and_then(|parent| eddy_trace::parse_traceparent(parent, header(&TRACESTATE)));
         let span = eddy_trace::server_span(request.method().as_str(), route, caller.as_ref());
         (span, caller)
     };
