@@ -235,6 +235,9 @@ where
     N: FnOnce(Request) -> F,
     F: Future<Output = Response>,
 {
+    if has_no_body(&request) {
+        return next(request).await;
+    }
     match read_whole(limits, request).await {
         Ok(request) => next(request).await,
         Err(refused) => refused,
@@ -248,10 +251,8 @@ fn has_no_body(request: &Request) -> bool {
 }
 
 /// The request with its whole body read (see [`read_body`]), or the answer refusing it.
+/// For a request that may have one (callers skip it when [`has_no_body`]).
 async fn read_whole(limits: BodyLimits, request: Request) -> Result<Request, Response> {
-    if has_no_body(&request) {
-        return Ok(request);
-    }
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -409,7 +410,12 @@ where
     N: FnOnce(Request) -> F,
     F: Future<Output = Response>,
 {
-    as_problem(next(request).await).await
+    let response = next(request).await;
+    if is_plain_error(&response) {
+        as_problem(response).await
+    } else {
+        response
+    }
 }
 
 /// An error answer that is not a problem yet.
@@ -422,11 +428,8 @@ fn is_plain_error(response: &Response) -> bool {
             .is_none_or(|v| v.as_bytes() != b"application/problem+json")
 }
 
-/// `response` as [`ensure_problem`] answers it.
+/// `response`, a plain error ([`is_plain_error`]), as [`ensure_problem`] answers it.
 async fn as_problem(response: Response) -> Response {
-    if !is_plain_error(&response) {
-        return response;
-    }
     let status = response.status();
     let (parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, PLAIN_ERROR_LEN_MAX)
